@@ -170,6 +170,8 @@ class ReferencePipeline:
         tic = time.perf_counter()
         ginputs = self.grounding_inputs(request, phrase_emb, image_emb, (H, W))
         tokens, extra = self.model.grounding_tokens(**{k: self._t(v) for k, v in ginputs.items()})
+        if extra is not None:  # spatial: both CFG halves take the real map's downsampler output
+            extra = torch.cat([extra[n:], extra[n:]])
         timings["grounding"] = time.perf_counter() - tic
 
         x = noise if noise is not None else rng.latents((n, cfg.unet.latent_channels, h, w))
@@ -177,17 +179,17 @@ class ReferencePipeline:
         z0 = mask = None
         if cfg.inpaint:
             tic = time.perf_counter()
-            image = self._t(G.load_image(request.inpaint_image, H, W)[None].repeat(n, axis=0))
-            mean, std = self.model.vae_encode(image)
-            z0 = mean + std * self._t(rng.like(mean.cpu().numpy()))
+            image = self._t(G.load_image(request.inpaint_image, H, W)[None])
+            mean, std = self.model.vae_encode(image)  # one encode, one sample, shared by the batch
+            z0 = (mean + std * self._t(rng.like(mean.cpu().numpy()))).expand(n, -1, -1, -1)
             boxes = [o.box for o in request.objects]
-            mask = self._t(G.inpaint_mask(boxes, h, w)[None].repeat(n, axis=0))
+            mask = self._t(G.inpaint_mask(boxes, h, w)[None]).expand(n, -1, -1, -1)
             extra = torch.cat([z0 * mask, mask], dim=1)
             timings["vae_encoder"] = time.perf_counter() - tic
 
         guided = request.guidance != 1.0
         ctx = torch.cat([context[:1].expand(n, -1, -1), context[1:].expand(n, -1, -1)])
-        if extra is not None and extra.shape[0] != 2 * n:
+        if cfg.inpaint:
             extra = torch.cat([extra, extra])
         if not guided:  # conditional half only
             ctx, tokens = ctx[n:], tokens[n:]
