@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gligen_ref.config import ModelConfig
+from gligen_ref.model import GLIGENModel
 from gligen_rt.core import grounding as G
 from gligen_rt.core.errors import NumericalError
 from gligen_rt.core.imageio import to_uint8
@@ -38,8 +40,6 @@ from gligen_rt.core.request import GenerationRequest, validate
 from gligen_rt.core.schedule import alpha_generator, beta_gates, make_plan
 from gligen_rt.core.schedulers import make_scheduler
 from gligen_rt.core.tokenizer import ClipTokenizer
-from gligen_ref.config import ModelConfig
-from gligen_ref.model import GLIGENModel
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,11 @@ class ReferencePipeline:
 
     @classmethod
     def from_preset(
-        cls, name: str = "tiny", modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False, seed: int = 0
+        cls,
+        name: str = "tiny",
+        modality: Modality | str = Modality.TEXT_BOX,
+        inpaint: bool = False,
+        seed: int = 0,
     ) -> ReferencePipeline:
         """A random-weight model of a preset size (`tiny` is the embedded default model)."""
         from gligen_ref.config import preset
@@ -99,7 +103,9 @@ class ReferencePipeline:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     @torch.no_grad()
-    def encode_text(self, prompt: str, negative: str, phrases: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(
+        self, prompt: str, negative: str, phrases: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> context (2, 77, D) for [negative, prompt]; pooled phrase features (n_phrases, D)."""
         ids = self.tokenizer.encode([negative, prompt, *phrases]).astype(np.int64)
         hidden, pooled = self.model.encode_text(self._t(ids))
@@ -115,7 +121,11 @@ class ReferencePipeline:
         return self.model.encode_images(self._t(pixels))
 
     def grounding_inputs(
-        self, request: GenerationRequest, phrase_emb: torch.Tensor, image_emb: torch.Tensor | None, size: tuple[int, int]
+        self,
+        request: GenerationRequest,
+        phrase_emb: torch.Tensor,
+        image_emb: torch.Tensor | None,
+        size: tuple[int, int],
     ) -> dict[str, np.ndarray]:
         """The `grounding` engine inputs for the CFG batch [null x n; real x n]."""
         m = self.config.modality
@@ -156,7 +166,7 @@ class ReferencePipeline:
         rng = NoiseStream(request.seed)
 
         tic = time.perf_counter()
-        phrases = [o.phrase for o in request.objects if o.phrase is not None]
+        phrases = [o.phrase for o in request.objects if o.has_phrase]
         context, phrase_emb = self.encode_text(request.prompt, request.negative_prompt, phrases)
         timings["text_encoder"] = time.perf_counter() - tic
 
@@ -227,6 +237,8 @@ class ReferencePipeline:
         decoded = self.model.vae_decode(x)
         timings["vae_decoder"] = time.perf_counter() - tic
         if not torch.isfinite(decoded).all() or not torch.isfinite(x).all():
-            raise NumericalError("NaN or Inf in the latents: try --precision fp32 or another seed; nothing was saved")
+            raise NumericalError(
+                "NaN or Inf in the latents: try --precision fp32 or another seed; nothing was saved"
+            )
         timings["total"] = time.perf_counter() - t0
         return GenerationResult(to_uint8(decoded.float().cpu().numpy()), x.float().cpu().numpy(), timings)

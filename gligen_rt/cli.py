@@ -24,7 +24,9 @@ def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise RequestError(f"{what} {text!r} is not {n} comma-separated numbers, e.g. 0.1,0.2,0.5,0.6") from None
+        raise RequestError(
+            f"{what} {text!r} is not {n} comma-separated numbers, e.g. 0.1,0.2,0.5,0.6"
+        ) from None
     if len(values) != n:
         raise RequestError(f"{what} {text!r} has {len(values)} numbers, expected {n}")
     if not all(math.isfinite(v) for v in values):
@@ -42,15 +44,21 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in [0,1] (repeat)")
     g.add_argument("--image", action="append", default=[], help="reference image per box (text-image models)")
     g.add_argument("--style-image", default=None, help="style reference image (text-image models)")
-    g.add_argument("--condition", default=None, help="condition map (hed/canny/depth/normal image, sem label map)")
+    g.add_argument(
+        "--condition", default=None, help="condition map (hed/canny/depth/normal image, sem label map)"
+    )
     g.add_argument("--inpaint-image", default=None, help="image to inpaint (inpainting models)")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--steps", type=int, default=None)
     g.add_argument("--guidance", type=float, default=None)
     g.add_argument("--sampler", choices=["plms", "ddim", "dpmpp_2m", "euler"], default=None)
     sched = g.add_mutually_exclusive_group()
-    sched.add_argument("--beta", type=float, default=None, help="fraction of steps with grounding (diffusers)")
-    sched.add_argument("--alpha-type", default=None, help="a,b,c: grounded, decaying, plain fractions (original)")
+    sched.add_argument(
+        "--beta", type=float, default=None, help="fraction of steps with grounding (diffusers)"
+    )
+    sched.add_argument(
+        "--alpha-type", default=None, help="a,b,c: grounded, decaying, plain fractions (original)"
+    )
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
     g.add_argument("--num-images", type=int, default=None)
@@ -64,10 +72,23 @@ def request_from_args(args: argparse.Namespace):
 
     base = request_from_json(args.request) if args.request else None
     if base is None and args.prompt is None:
-        raise RequestError("give --prompt \"...\" or --request FILE.json")
+        raise RequestError('give --prompt "..." or --request FILE.json')
     changes: dict = {}
-    for name in ("prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "beta", "height", "width",
-                 "num_images", "condition", "inpaint_image", "style_image"):
+    for name in (
+        "prompt",
+        "negative_prompt",
+        "seed",
+        "steps",
+        "guidance",
+        "sampler",
+        "beta",
+        "height",
+        "width",
+        "num_images",
+        "condition",
+        "inpaint_image",
+        "style_image",
+    ):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -116,6 +137,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         result = run_generate(args, request)
     paths = output_paths(args.out, len(result.images))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for path, image in zip(paths, result.images):
         save_png(path, image)
         print(path)
@@ -139,7 +161,9 @@ def _reference_pipeline(args: argparse.Namespace):
             projection_matrix=args.projection_matrix,
             modality=args.modality,
         )
-    return ReferencePipeline.from_preset(args.model, args.modality or "text-box", args.inpaint, seed=args.model_seed)
+    return ReferencePipeline.from_preset(
+        args.model, args.modality or "text-box", args.inpaint, seed=args.model_seed
+    )
 
 
 def _progress(total: int):
@@ -151,16 +175,25 @@ def _progress(total: int):
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     src = g.add_mutually_exclusive_group()
-    src.add_argument("--model", default="tiny", choices=["tiny", "sd14"], help="random-weight preset (tiny is embedded)")
+    src.add_argument(
+        "--model", default="tiny", choices=["tiny", "sd14"], help="random-weight preset (tiny is embedded)"
+    )
     src.add_argument("--checkpoint", type=Path, help="original .bin/.pth file or diffusers folder")
-    g.add_argument("--modality", default=None,
-                   choices=["text-box", "text-image-box", "keypoint", "hed", "canny", "depth", "normal", "sem"],
-                   help="preset modality (with --model), or canny/depth disambiguation for a checkpoint")
+    g.add_argument(
+        "--modality",
+        default=None,
+        choices=["text-box", "text-image-box", "keypoint", "hed", "canny", "depth", "normal", "sem"],
+        help="preset modality (with --model), or canny/depth disambiguation for a checkpoint",
+    )
     g.add_argument("--inpaint", action="store_true", help="preset inpainting model (with --model)")
     g.add_argument("--model-seed", type=int, default=0, help="seed of the preset's random weights")
     g.add_argument("--sd-conv-in", type=Path, default=None, help="SD-1.4 conv_in for spatial checkpoints")
-    g.add_argument("--clip-vision", type=Path, default=None, help="CLIP vision folder for original text-image files")
-    g.add_argument("--projection-matrix", type=Path, default=None, help="projection_matrix for text-image files")
+    g.add_argument(
+        "--clip-vision", type=Path, default=None, help="CLIP vision folder for original text-image files"
+    )
+    g.add_argument(
+        "--projection-matrix", type=Path, default=None, help="projection_matrix for text-image files"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,10 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(gen)
     add_request_args(gen)
     gen.add_argument("--engines", type=Path, default=None, help="engine folder (from `gligen-rt export`)")
-    gen.add_argument("--backend", default="torch",
-                     choices=["torch", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino"])
+    gen.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino"],
+    )
     gen.add_argument("--out", type=Path, default=Path("out.png"))
-    gen.add_argument("--overlay", action="store_true", help="also write the boxes and labels drawn on the image")
+    gen.add_argument(
+        "--overlay", action="store_true", help="also write the boxes and labels drawn on the image"
+    )
     gen.set_defaults(func=cmd_generate)
     return parser
 
