@@ -159,3 +159,24 @@ def test_module_entry_point_reports_errors(tmp_path) -> None:
         timeout=300,
     )
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("layout", ["original", "diffusers"])
+def test_generate_from_checkpoint_equals_the_preset(layout, tmp_path) -> None:
+    """A checkpoint written in a real layout generates the same image as the model it came from."""
+    from gligen_ref.checkpoint import save_diffusers, save_original
+    from gligen_ref.config import tiny
+    from gligen_ref.model import build_model
+    from gligen_rt.core.tokenizer import ClipTokenizer
+
+    model = build_model(tiny("text-box"), 0)
+    path = tmp_path / ("gligen.bin" if layout == "original" else "gligen-diffusers")
+    if layout == "original":
+        save_original(model, path)
+    else:
+        save_diffusers(model, path, tokenizer=ClipTokenizer.default())
+    request = BASE[3:] + ["--phrase", "a cat", "--box", "0.1,0.2,0.5,0.6"]
+    assert main(["generate", "--checkpoint", str(path), *request, "--out", str(tmp_path / "ckpt.png")]) == 0
+    assert main(["generate", "--model", "tiny", *request, "--out", str(tmp_path / "preset.png")]) == 0
+    a, b = Image.open(tmp_path / "ckpt.png"), Image.open(tmp_path / "preset.png")
+    assert a.tobytes() == b.tobytes()
