@@ -1,0 +1,314 @@
+"""`gligen-rt build`: turn an exported engine folder into artifacts for one backend.
+
+    DIR/manifest.json, DIR/<engine>.onnx, DIR/<engine>.json   (written by the exporter)
+    -> DIR/<backend>/<engine>.<ext> + DIR/<backend>/<engine>.json
+
+| backend        | artifact                                   | what building does                        |
+|----------------|--------------------------------------------|-------------------------------------------|
+| tensorrt       | <engine>.plan (+ timing.cache)             | TensorRT 10 builder (needs a GPU)          |
+| tensorrt-rtx   | <engine>.plan                              | TensorRT-RTX builder (runs without a GPU)  |
+| ort-cpu        | <engine>.<key>.onnx                        | ORT graph optimization, saved once         |
+| ort-cuda       | <engine>.<key>.onnx                        | same, for the CUDA provider                |
+| ort-trt        | ../<engine>.onnx + TensorRT EP caches      | the EP builds and caches its engines       |
+| openvino       | ../<engine>.onnx + cache/ compiled blobs   | OpenVINO compiles and caches blobs         |
+
+A manifest's `artifact` is relative to the manifest's folder. Every file is written atomically,
+so an interrupted build leaves no half-written artifact; re-running it rebuilds what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from gligen_rt.engines.manifest import (
+    EngineManifest,
+    FolderManifest,
+    load_folder_manifest,
+    load_manifest,
+    manifest_path_for,
+    onnx_files,
+    verify,
+    write_manifest,
+)
+from gligen_rt.engines.spec import (
+    GROUNDING,
+    UNET,
+    UNET_PLAIN,
+    VAE_DECODER,
+    VAE_ENCODER,
+    EngineSpec,
+    concrete_shapes,
+    fingerprint,
+    spec_from_dict,
+    spec_to_dict,
+)
+from gligen_rt.engines.spec import static as make_static
+
+from gligen_rt.core.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("tensorrt", "tensorrt-rtx", "ort-cpu", "ort-cuda", "ort-trt", "openvino")
+# Engines that `static` fixes, and their batch per requested image (the CFG batch is 2x).
+# The text and image encoders stay dynamic: box phrases and grounding images vary per request.
+STATIC_BATCH_PER_IMAGE = {GROUNDING: 2, UNET: 2, UNET_PLAIN: 2, VAE_DECODER: 1, VAE_ENCODER: 1}
+TIMING_CACHE = "timing.cache"
+
+
+def _static_for(spec: EngineSpec, static: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+    """(engine batch, height, width) for an engine that `static` (images, height, width) fixes."""
+    if static is None or spec.name not in STATIC_BATCH_PER_IMAGE:
+        return None
+    images, height, width = static
+    return (STATIC_BATCH_PER_IMAGE[spec.name] * images, height, width)
+
+
+def _progress(items: list[str], enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="engine")
+
+
+def build(
+    onnx_dir: str | os.PathLike[str],
+    backend: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    precision: str | None = None,
+    static: tuple[int, int, int] | None = None,
+    progress: bool = True,
+    engines: list[str] | None = None,
+    workspace: int | None = None,
+    threads: int | None = None,
+) -> list[Path]:
+    """Build every engine of the folder `onnx_dir` for `backend`; returns the artifact paths.
+
+    precision: None builds as exported; "fp16" on an FP32 export uses BuilderFlag.FP16
+        (tensorrt) or the EP's FP16 mode (ort-trt); "bf16" / "fp16" for openvino are its
+        inference precision hints.
+    static: (images, height, width) fixes grounding, the UNets (batch 2*images) and the VAE at one
+        shape (min = opt = max) for CUDA graphs; the encoders stay dynamic.
+    engines: a subset of the folder's engines (default: all of them).
+    out_dir: default DIR/<backend>.
+    """
+    if backend not in BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    src = Path(onnx_dir)
+    folder = load_folder_manifest(src)
+    out = Path(out_dir) if out_dir is not None else src / backend
+    names = list(engines) if engines is not None else list(folder.engines)
+    unknown = [n for n in names if n not in folder.engines]
+    if unknown:
+        raise EngineError(f"{src} has no engines {unknown}: it holds {list(folder.engines)}")
+    out.mkdir(parents=True, exist_ok=True)
+    built: list[Path] = []
+    bar = _progress(names, progress, f"build {backend}")
+    for name in bar:
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(name)
+        onnx_path = src / f"{name}.onnx"
+        source = load_manifest(manifest_path_for(onnx_path))
+        spec = spec_from_dict(source.spec)
+        if fingerprint(spec) != source.spec_fingerprint:
+            raise EngineError(
+                f"corrupt {manifest_path_for(onnx_path)} (its spec does not match its fingerprint): "
+                "re-export the engine folder with `gligen-rt export`"
+            )
+        verify(source, artifact_path=onnx_path)
+        built.append(
+            _build_one(
+                backend,
+                onnx_path,
+                spec,
+                source,
+                folder,
+                out,
+                precision=precision,
+                static=_static_for(spec, static),
+                workspace=workspace,
+                threads=threads,
+            )
+        )
+    return built
+
+
+def _build_one(
+    backend: str,
+    onnx_path: Path,
+    spec: EngineSpec,
+    source: EngineManifest,
+    folder: FolderManifest,
+    out: Path,
+    *,
+    precision: str | None,
+    static: tuple[int, int, int] | None,
+    workspace: int | None,
+    threads: int | None,
+) -> Path:
+    if backend in ("tensorrt", "tensorrt-rtx"):
+        from gligen_rt.engines.tensorrt import PLAN_SUFFIX, build_engine, choose_flavor
+
+        if precision is None and source.flavor == "fp32-fp16-flag":
+            precision = "fp16"  # an FP32 graph exported for a build with the FP16 flag
+        flavor = choose_flavor(backend, source.precision, precision)
+        return build_engine(
+            onnx_path,
+            spec,
+            out / f"{spec.name}{PLAN_SUFFIX}",
+            backend=backend,
+            precision=precision or source.precision,
+            flavor=flavor,
+            timing_cache_path=out / TIMING_CACHE,
+            static_shape=static,
+            workspace=workspace,
+            source=source,
+        )
+    if static is not None:
+        spec = make_static(spec, *static)
+    if backend.startswith("ort-"):
+        return _build_ort(backend, onnx_path, spec, source, out, precision=precision, threads=threads)
+    return _build_openvino(onnx_path, spec, source, out, precision=precision, threads=threads)
+
+
+def _flavor(graph_precision: str, precision: str) -> str:
+    """The flavor of an artifact that runs a `graph_precision` graph at `precision`."""
+    if graph_precision == "fp16":
+        return "fp16-strongly-typed"
+    return "fp32-fp16-flag" if precision == "fp16" else "fp32"
+
+
+def _manifest_for(
+    source: EngineManifest,
+    spec: EngineSpec,
+    backend: str,
+    artifact: Path,
+    out: Path,
+    *,
+    precision: str,
+    builder: dict[str, Any],
+    library_versions: dict[str, str],
+    gpu_cc: str | None = None,
+) -> EngineManifest:
+    """A built artifact's manifest; ONNX artifacts are described by their onnx_sha256."""
+    from gligen_rt.engines.manifest import onnx_sha256, sha256_file
+
+    if artifact.suffix == ".onnx":
+        digest, size = onnx_sha256(artifact), sum(f.stat().st_size for f in onnx_files(artifact))
+    else:
+        digest, size = sha256_file(artifact), artifact.stat().st_size
+    return EngineManifest(
+        engine=spec.name,
+        backend=backend,
+        artifact=os.path.relpath(artifact, out),
+        artifact_sha256=digest,
+        artifact_size=size,
+        spec_fingerprint=fingerprint(spec),
+        spec=spec_to_dict(spec),
+        onnx_sha256=source.onnx_sha256,
+        model_config=dict(source.model_config),
+        precision=precision,
+        flavor=_flavor(source.precision, precision),
+        checkpoint_sha256=source.checkpoint_sha256,
+        builder=builder,
+        library_versions=library_versions,
+        gpu_compute_capability=gpu_cc,
+        parity=dict(source.parity),
+    )
+
+
+def _build_ort(
+    backend: str,
+    onnx_path: Path,
+    spec: EngineSpec,
+    source: EngineManifest,
+    out: Path,
+    *,
+    precision: str | None,
+    threads: int | None,
+) -> Path:
+    from gligen_rt.engines.ort import import_ort, make_session, optimized_model_path
+
+    provider = backend.removeprefix("ort-")
+    if provider == "trt":
+        provider = "tensorrt"
+    ort = import_ort()
+    if provider != "tensorrt" and precision not in (None, source.precision):
+        raise EngineError(
+            f"ONNX Runtime runs the graph as exported ({source.precision}): "
+            f"re-export with `gligen-rt export --precision {precision}`"
+        )
+    effective = precision or ("fp16" if provider == "tensorrt" else source.precision)
+    fp16 = effective == "fp16"
+    session = make_session(
+        onnx_path, provider, optimized_cache_dir=out, threads=threads, spec=spec, fp16=fp16
+    )
+    del session  # building the session is the build: the optimized model / EP caches are on disk now
+    if provider == "tensorrt":
+        from gligen_rt.engines.tensorrt import gpu_compute_capability
+
+        artifact, gpu_cc = onnx_path, gpu_compute_capability()
+        builder = {"provider": provider, "fp16": fp16, "engine_cache": "."}
+    else:
+        artifact, gpu_cc = optimized_model_path(onnx_path, provider, out), None
+        builder = {"provider": provider, "saved_level": "extended", "session_level": "all"}
+    manifest = _manifest_for(
+        source,
+        spec,
+        backend,
+        artifact,
+        out,
+        precision=effective,
+        builder=builder,
+        library_versions={"onnxruntime": str(ort.__version__)},
+        gpu_cc=gpu_cc,
+    )
+    write_manifest(out / f"{spec.name}.json", manifest)
+    return artifact
+
+
+def _build_openvino(
+    onnx_path: Path,
+    spec: EngineSpec,
+    source: EngineManifest,
+    out: Path,
+    *,
+    precision: str | None,
+    threads: int | None,
+) -> Path:
+    from gligen_rt.engines.openvino import compile_model, import_openvino
+
+    ov = import_openvino()
+    hint = {None: "f32", "fp32": "f32", "bf16": "bf16", "fp16": "f16"}.get(precision)
+    if hint is None:
+        raise EngineError(f"openvino precision {precision!r} is not one of fp32, bf16, fp16")
+    if source.precision == "fp16" and hint == "f32":
+        hint = "f16"
+    shapes = None
+    if spec.envelope.is_static:
+        env = spec.envelope
+        point = [r[0] if r else 1 for r in (env.batch, env.height, env.width)]
+        all_shapes = concrete_shapes(spec, *point)
+        shapes = {n: all_shapes[n] for n in spec.input_names}
+    compile_model(onnx_path, "CPU", hint, out / "cache", threads=threads, shapes=shapes)
+    manifest = _manifest_for(
+        source,
+        spec,
+        "openvino",
+        onnx_path,
+        out,
+        precision=source.precision,
+        builder={
+            "device": "CPU",
+            "precision_hint": hint,
+            "cache_dir": "cache",
+            "shapes": {k: list(v) for k, v in shapes.items()} if shapes else None,
+        },
+        library_versions={"openvino": str(ov.__version__)},
+    )
+    write_manifest(out / f"{spec.name}.json", manifest)
+    return onnx_path
