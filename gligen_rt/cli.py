@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlay", action="store_true", help="also write the boxes and labels drawn on the image"
     )
     gen.set_defaults(func=cmd_generate)
+
+    from gligen_rt.benchmarks.cli import register as register_bench
+
+    register_bench(sub)
     return parser
 
 

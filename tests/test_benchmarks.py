@@ -1,0 +1,249 @@
+"""The benchmark harness: a tiny scenario end to end, the report from a jsonl fixture, the pieces."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gligen_rt.benchmarks import cli, report
+from gligen_rt.benchmarks.measure import CallTimer, psnr, run_record, stats, summarize_runs
+from gligen_rt.benchmarks.scenario import Config, Scenario, plan_configs
+
+
+def _has_exporter() -> bool:
+    try:
+        return importlib.util.find_spec("gligen_rt.export.api") is not None
+    except ImportError:
+        return False
+
+
+# ---- a tiny scenario end to end -------------------------------------------------------------------
+
+
+def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
+    """One repeat of 2 steps at 64 px: one valid JSON line, the markdown table and the plot."""
+    backends = "ort-cpu,tensorrt" if _has_exporter() else "tensorrt"  # no tensorrt on CI: "unavailable"
+    out = tmp_path / "results"
+    argv = [
+        "bench", "--model", "tiny", "--size", "64", "--steps", "2", "--beta", "0.5", "--repeats", "1",
+        "--warmup", "1", "--backends", backends, "--precisions", "fp32", "--eager-precisions", "fp32",
+        "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
+        "--out-dir", str(out), "--engine-dir", str(tmp_path / "engines"),
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    lines = (out / "bench.jsonl").read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])  # strict JSON: no NaN / Infinity
+    assert record["key"] == "tiny-text-box-64px-2steps-cpu"
+    assert record["command"].startswith("gligen-rt bench --model tiny")
+    assert record["env"]["cpu"] and record["env"]["versions"]["torch"]
+    labels = {c["label"]: c for c in record["configs"]}
+    assert {"reference fp32", "eager fp32"} <= set(labels)
+    assert labels.pop("ours tensorrt fp32")["status"] == "unavailable"
+    for c in labels.values():
+        assert c["status"] == "ok", c
+        st = c["steady"]["stages"]
+        assert (
+            st["unet_grounded"]["calls_per_run"] + st["unet_plain"]["calls_per_run"] == 3
+        )  # PLMS: 2 steps + 1
+        assert c["memory"]["peak_rss"] > c["memory"]["weights_bytes"] > 0
+    # the eager baseline runs the same weights and sampler: the same image as the reference
+    assert labels["eager fp32"]["psnr_db"] >= 60
+    flops = record["machine"]["flops"]
+    assert flops["unet_grounded"] > flops["unet_plain"] == flops["sd_unet"] > 0
+    assert record["machine"]["matmul_gflops"]["fp32"] > 0
+    if _has_exporter():
+        ours = labels["ours ort-cpu fp32"]
+        assert ours["psnr_db"] >= 30
+        assert ours["engine_keys"]
+    md = (out / f"{record['key']}.md").read_text()
+    assert "| reference fp32 |" in md and "## Targets" in md
+    png = out / f"{record['key']}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_worker_runs_in_its_own_process(tmp_path: Path) -> None:
+    """The isolated path: a worker process measures the machine and writes its JSON result."""
+    from gligen_rt.benchmarks.harness import execute
+
+    scenario = Scenario(model="tiny", size=64, steps=2, matmul_size=128)
+    task = {"task": "machine", "scenario": scenario.to_dict(), "config": Config("reference").to_dict()}
+    result = execute(task, tmp_path, isolate=True)
+    assert result["flops"]["fusers"] > 0 and result["matmul_gflops"]["fp32"] > 0
+
+
+# ---- the report from a jsonl fixture --------------------------------------------------------------
+
+
+def _stats(median: float) -> dict[str, float]:
+    return {"median": median, "p90": median * 1.1, "min": median * 0.95, "mean": median, "n": 3}
+
+
+def _config(
+    kind: str, backend: str, precision: str, e2e: float, grounded: float, plain: float, **extra: Any
+) -> dict:
+    label = f"ours {backend} {precision}" if kind == "ours" else f"{kind} {precision}"
+    stages = {
+        "text_encoder": {**_stats(0.05), "calls_per_run": 1},
+        "grounding": {**_stats(0.004), "calls_per_run": 1},
+        "unet_grounded": {**_stats(grounded), "calls_per_run": 7},
+        "unet_plain": {**_stats(plain), "calls_per_run": 14},
+        "vae_decoder": {**_stats(0.6), "calls_per_run": 1},
+    }
+    return {
+        "kind": kind, "backend": backend, "precision": precision, "label": label, "status": "ok",
+        "load_s": 5.0, "psnr_db": extra.pop("psnr_db", None),
+        "first_run": {"e2e": e2e * 1.3, "overhead": 0.01, "stages": {k: v["median"] * 1.2 for k, v in stages.items()}},
+        "steady": {"e2e": _stats(e2e), "engine_sum": _stats(e2e - extra.get("overhead", 0.05)),
+                   "overhead": _stats(extra.pop("overhead", 0.05)), "stages": stages},
+        "runs": [], "sd_unet_step": extra.pop("sd_unet_step", None),
+        "memory": {"base_rss": 2**28, "after_load_rss": 5 * 2**30, "peak_rss": extra.pop("peak", 6 * 2**30),
+                   "weights_bytes": 5 * 2**30},
+        "engine_keys": ["unet:0123456789ab"] if kind == "ours" else None,
+    }  # fmt: skip
+
+
+def fixture_record() -> dict[str, Any]:
+    return {
+        "schema": 1,
+        "time": "2026-11-25T08:00:00+00:00",
+        "seconds": 1234.5,
+        "command": "gligen-rt bench --model sd14 --size 256",
+        "key": "sd14-text-box-256px-20steps-cpu",
+        "scenario": Scenario().to_dict(),
+        "env": {
+            "cpu": "Example CPU",
+            "cpu_flags": ["avx512f"],
+            "cores_physical": 2,
+            "memory_gb": 24,
+            "gpus": [],
+            "versions": {"torch": "2.13.0"},
+            "git_sha": "abc",
+        },  # fmt: skip
+        "machine": {
+            "matmul_gflops": {"fp32": 90.0, "bf16": 330.0},
+            "flops": {"unet_grounded": 486e9, "unet_plain": 360e9, "sd_unet": 360e9, "fusers": 126e9},
+        },
+        "configs": [
+            _config("reference", "torch", "fp32", 90.0, 4.5, 3.4, psnr_db=99.0),
+            _config("eager", "torch", "fp32", 88.0, 4.4, 3.3, psnr_db=99.0),
+            _config("eager", "torch", "bf16", 40.0, 2.0, 1.3, psnr_db=31.0),
+            # speedup 2.0 PASS; plain/SD 1.0 PASS; overhead 0.1/20 = 0.5% PASS; memory 1.2 PASS
+            _config(
+                "ours",
+                "openvino",
+                "bf16",
+                20.0,
+                1.1,
+                0.9,
+                psnr_db=29.0,
+                overhead=0.1,
+                sd_unet_step=_stats(0.9),
+                peak=int(6 * 2**30),
+            ),  # fmt: skip
+            # speedup 40/32 = 1.25 MISS; overhead 1 s / 32 s MISS; memory 8/5 MISS; no control: n/a
+            _config("ours", "ort-cpu", "fp32", 32.0, 2.0, 1.5, psnr_db=60.0, overhead=1.0, peak=8 * 2**30),
+            {
+                "kind": "ours",
+                "backend": "ort-cpu",
+                "precision": "fp16",
+                "label": "ours ort-cpu fp16",
+                "status": "failed",
+                "reason": "EngineError: example",
+            },  # fmt: skip
+        ],
+        "skipped": [{"label": "ours openvino fp16", "reason": "openvino runs fp32/bf16"}],
+        "engines": {},
+    }
+
+
+def test_report_renders_from_a_jsonl_fixture(tmp_path: Path) -> None:
+    path = tmp_path / "bench.jsonl"
+    older = fixture_record()
+    older["configs"] = older["configs"][:2]
+    path.write_text(json.dumps(older) + "\n\n" + json.dumps(fixture_record()) + "\n")
+    assert cli.main(["bench", "--report-only", "--out-dir", str(tmp_path)]) == 0
+    md = (tmp_path / "sd14-text-box-256px-20steps-cpu.md").read_text()
+    assert "ours openvino bf16" in md  # the latest line of the key was rendered
+    assert "Fastest eager PyTorch configuration: eager bf16." in md
+    assert "ours ort-cpu fp16: failed: EngineError: example" in md
+    assert "ours openvino fp16: skipped" in md
+    assert (tmp_path / "sd14-text-box-256px-20steps-cpu.png").stat().st_size > 1000
+
+
+def test_targets_verdicts_and_margins() -> None:
+    a = report.analyze(fixture_record())
+    assert a["fastest_eager"] == "eager bf16"
+    got = {(t.name, t.config): t for t in a["targets"]}
+    ov = got[("end to end vs fastest eager", "ours openvino bf16")]
+    assert ov.verdict == "PASS" and ov.value == pytest.approx(2.0) and ov.margin == "+0.50x"
+    assert "PSNR 29.0 dB" in ov.note
+    assert got[("end to end vs fastest eager", "ours ort-cpu fp32")].verdict == "MISS"
+    assert got[("plain step / SD UNet step", "ours openvino bf16")].verdict == "PASS"
+    assert got[("plain step / SD UNet step", "ours ort-cpu fp32")].verdict == "n/a"
+    share = got[("grounded step overhead (time share)", "ours openvino bf16")]
+    assert share.value == pytest.approx(0.2 / 1.1) and share.limit == pytest.approx(126 / 486)
+    assert share.verdict == "PASS"
+    assert got[("runtime overhead / end to end", "ours openvino bf16")].verdict == "PASS"
+    assert got[("runtime overhead / end to end", "ours ort-cpu fp32")].verdict == "MISS"
+    assert got[("peak RSS / weights in use", "ours openvino bf16")].margin == "+0.10x"
+    assert got[("peak RSS / weights in use", "ours ort-cpu fp32")].verdict == "MISS"
+    gflops = a["derived"]["ours openvino bf16"]["gflops_unet_grounded"]
+    assert gflops == pytest.approx(486 / 1.1)
+    assert a["derived"]["ours openvino bf16"]["peak_name"] == "bf16"
+
+
+def test_report_without_our_runtime_says_so() -> None:
+    record = fixture_record()
+    record["configs"] = [c for c in record["configs"] if c["kind"] != "ours"]
+    md = report.markdown(record)
+    assert "no configuration of our runtime ran" in md
+
+
+# ---- pieces ---------------------------------------------------------------------------------------
+
+
+def test_plan_configs_filters_and_explains() -> None:
+    configs, skipped = plan_configs(
+        Scenario(), ["ort-cpu", "openvino"], ["fp32", "bf16", "fp16"], cpu_bf16=False
+    )
+    labels = [c.label for c in configs]
+    assert labels == [
+        "reference fp32",
+        "ours ort-cpu fp32",
+        "ours ort-cpu fp16",
+        "ours openvino fp32",
+        "eager fp32",
+    ]
+    reasons = {s["label"]: s["reason"] for s in skipped}
+    assert "no BF16" in reasons["ours openvino bf16"] and "no BF16" in reasons["eager bf16"]
+    assert "fp32/fp16" in reasons["ours ort-cpu bf16"]
+    _, skipped = plan_configs(Scenario(modality="keypoint"), [], ["fp32"])
+    assert "text-box only" in skipped[0]["reason"]
+    with pytest.raises(ValueError, match="unknown backend"):
+        plan_configs(Scenario(), ["nope"], ["fp32"])
+
+
+def test_stats_timer_and_psnr() -> None:
+    s = stats([3.0, 1.0, 2.0, 4.0])
+    assert s["median"] == 2.5 and s["min"] == 1.0 and s["n"] == 4 and 3.0 < s["p90"] <= 4.0
+    assert stats([]) == {}
+    timer = CallTimer()
+    f = timer.wrap("unet_plain", lambda x: x + 1)
+    assert f(1) == 2 and f(2) == 3
+    timer.add("grounding", 0.5)
+    rec = run_record(10.0, timer.take(), nested=("grounding",))
+    assert rec["engine_sum"] < 0.5 and rec["overhead"] > 9.5
+    summary = summarize_runs([rec, rec])
+    assert summary["stages"]["unet_plain"]["n"] == 4 and summary["stages"]["unet_plain"]["calls_per_run"] == 2
+    a = np.zeros((1, 8, 8, 3), np.uint8)
+    assert psnr(a, a) == math.inf
+    b = a.copy()
+    b[0, 0, 0, 0] = 255
+    assert psnr(b, a) == pytest.approx(10 * math.log10(255**2 / (255**2 / a.size)))
