@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from gligen_rt.core.errors import BackendUnavailable, EngineError
 from gligen_rt.engines import manifest as mf
 from gligen_rt.engines.build import build
 from gligen_rt.engines.manifest import (
@@ -26,8 +28,6 @@ from gligen_rt.engines.manifest import (
 )
 from gligen_rt.engines.spec import EngineSpec, Envelope, TensorSpec, fingerprint, spec_to_dict
 from gligen_rt.engines.tensorrt import TrtEngineRunner, build_engine, choose_flavor, import_trt
-
-from gligen_rt.core.errors import BackendUnavailable, EngineError
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed")
@@ -295,6 +295,7 @@ def test_build_folder_ort_cpu(tmp_path: Path):
 
 def test_ort_missing_provider_is_one_line(tmp_path: Path):
     import onnxruntime as ort
+
     from gligen_rt.engines.ort import make_session
 
     if "CUDAExecutionProvider" in ort.get_available_providers():

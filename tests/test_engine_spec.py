@@ -7,6 +7,10 @@ import subprocess
 import sys
 
 import pytest
+
+from gligen_ref.config import sd14, tiny
+from gligen_rt.core.errors import EngineError
+from gligen_rt.core.modality import SPATIAL, Modality
 from gligen_rt.engines.spec import (
     Envelope,
     ShapeEnvelope,
@@ -21,10 +25,6 @@ from gligen_rt.engines.spec import (
     static,
     trt_profile,
 )
-
-from gligen_ref.config import sd14, tiny
-from gligen_rt.core.errors import EngineError
-from gligen_rt.core.modality import SPATIAL, Modality
 
 PRESETS = {"tiny": tiny, "sd14": sd14}
 CASES = [(p, m.value, False) for p in PRESETS for m in Modality] + [

@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 import pytest
+
+from gligen_ref.config import tiny, to_dict
+from gligen_rt.core.errors import EngineError
 from gligen_rt.engines import manifest as mf
 from gligen_rt.engines.manifest import (
     EngineManifest,
@@ -23,9 +26,6 @@ from gligen_rt.engines.manifest import (
     write_manifest,
 )
 from gligen_rt.engines.spec import ShapeEnvelope, fingerprint, spec_to_dict, specs_for, static
-
-from gligen_ref.config import tiny, to_dict
-from gligen_rt.core.errors import EngineError
 
 
 def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
