@@ -217,8 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     from gligen_rt.benchmarks.cli import register as register_bench
+    from gligen_rt.runtime.cli import register_inspect
 
     register_bench(sub)
+    register_inspect(sub)
     return parser
 
 

@@ -1,0 +1,159 @@
+"""The runtime's part of the command line: `generate` on engines, and `inspect DIR`.
+
+`run_generate(args, request)` is called by gligen_rt/cli.py's cmd_generate for every backend but
+the in-process torch reference; it returns the GenerationResult that cmd_generate saves.
+`register_inspect(subparsers)` adds `gligen-rt inspect DIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from gligen_rt.core.errors import EngineError, RequestError
+from gligen_rt.core.request import GenerationRequest
+
+log = logging.getLogger("gligen_rt")
+
+
+def _progress(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="denoising", unit="step", leave=False, disable=not sys.stderr.isatty())
+
+
+def run_generate(args: argparse.Namespace, request: GenerationRequest) -> Any:
+    """`gligen-rt generate --engines DIR | --model tiny [--backend B]` -> GenerationResult.
+
+    Raises one-line GligenErrors (bad request, engine folder, backend missing, NaN); nothing is
+    written here.
+    """
+    from .pipeline import GligenPipeline
+
+    backend = args.backend if args.backend else "ort-cpu"
+    if getattr(args, "checkpoint", None) is not None and args.engines is None:
+        raise RequestError(
+            f"--backend {backend} runs exported engines: export the checkpoint first "
+            "(`gligen-rt export --checkpoint ... --out DIR`), then pass --engines DIR"
+        )
+    single = bool(getattr(args, "single_unet", False))
+    if args.engines is not None:
+        pipe = GligenPipeline.from_engines(args.engines, backend, single_unet=single)
+    else:
+        if args.model != "tiny":
+            raise RequestError(
+                f"--model {args.model} has no embedded engines: export it and pass --engines DIR"
+            )
+        pipe = GligenPipeline.tiny(
+            args.modality or "text-box", bool(args.inpaint), backend, single_unet=single
+        )
+    with pipe:
+        pipe.check_request(request)
+        log.info("request: %s", request)
+        bar = _progress(request.steps)
+        try:
+            return pipe(request, on_step=lambda i, n: bar.update(1))
+        finally:
+            bar.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# inspect
+
+
+def _dims(dims: list[Any]) -> str:
+    return "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def _envelope(env: dict[str, Any]) -> str:
+    parts = [
+        f"{k} {v[0]}..{v[2]} (opt {v[1]})" for k, v in env.items() if k in ("batch", "height", "width") and v
+    ]
+    return ", ".join(parts) or "-"
+
+
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _size(path: Path) -> str:
+    total = sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
+    return f"{total / 1e6:.1f} MB"
+
+
+def inspect_lines(path: str | Path) -> list[str]:
+    """What an engine folder holds, as printable lines (no engines are loaded)."""
+    from gligen_rt.engines.manifest import load_folder_manifest, load_manifest
+
+    path = Path(path)
+    if not path.is_dir():
+        raise EngineError(f"engine folder {path} does not exist")
+    fm = load_folder_manifest(path)
+    mc = fm.model_config
+    lines = [
+        f"engine folder {path}",
+        f"  model      {mc.get('name')} {'inpaint ' if mc.get('inpaint') else ''}{mc.get('modality')}"
+        f" (default size {mc.get('default_size')})",
+        f"  precision  {fm.precision}",
+        f"  envelope   {_envelope(fm.envelope)}",
+        f"  tokenizer  {fm.tokenizer}/ ({'present' if (path / fm.tokenizer).is_dir() else 'MISSING'})",
+        f"  created    {fm.created}",
+        f"  source     {fm.extra.get('source', '-')}",
+        f"  versions   {json.dumps({**fm.extra.get('exporter', {}), **fm.library_versions}, sort_keys=True)}",
+    ]
+    if fm.checkpoint_sha256:
+        lines.append(f"  checkpoint sha256 {fm.checkpoint_sha256[:16]}")
+    for name in fm.engines:
+        onnx = path / f"{name}.onnx"
+        lines.append(f"  {name}: {onnx.name} {_size(onnx) if onnx.is_file() else 'MISSING'}")
+        mpath = path / f"{name}.json"
+        if not mpath.is_file():
+            lines.append("    manifest MISSING")
+            continue
+        m = load_manifest(mpath)
+        for t in m.spec.get("inputs", []):
+            lines.append(f"    in  {t['name']:<18} {t['dtype']:<8} {_dims(t['dims'])}")
+        for t in m.spec.get("outputs", []):
+            lines.append(f"    out {t['name']:<18} {t['dtype']:<8} {_dims(t['dims'])}")
+        lines.append(
+            f"    envelope {_envelope(m.spec.get('envelope', {}))}; precision {m.precision} ({m.flavor})"
+        )
+        parity = m.parity or fm.parity.get(name, {})
+        if parity:
+            lines.append("    parity   " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(parity.items())))
+    for sub in sorted(p for p in path.iterdir() if p.is_dir() and p.name != fm.tokenizer):
+        built = sorted(sub.glob("*.json"))
+        if not built:
+            continue
+        lines.append(f"  built for {sub.name}:")
+        for mp in built:
+            try:
+                m = load_manifest(mp)
+            except EngineError as e:
+                lines.append(f"    {mp.stem}: {e}")
+                continue
+            cc = f", GPU {m.gpu_compute_capability}" if m.gpu_compute_capability else ""
+            lines.append(
+                f"    {m.engine}: {m.artifact} {m.precision} ({m.flavor}), envelope "
+                f"{_envelope(m.spec.get('envelope', {}))}, {json.dumps(m.library_versions, sort_keys=True)}{cc}"
+            )
+    return lines
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    for line in inspect_lines(args.dir):
+        print(line)
+    return 0
+
+
+def register_inspect(subparsers: Any) -> None:
+    """Add `gligen-rt inspect DIR` to the CLI's subparsers."""
+    p = subparsers.add_parser(
+        "inspect", help="show what an engine folder holds (engines, I/O, precision, parity)"
+    )
+    p.add_argument("dir", type=Path, help="engine folder (from `gligen-rt export`)")
+    p.set_defaults(func=cmd_inspect)

@@ -1,0 +1,316 @@
+"""GligenPipeline: an engine folder + a backend -> images, the same as gligen_ref's ReferencePipeline.
+
+    pipe = GligenPipeline.from_engines("engines/", backend="ort-cpu")
+    result = pipe(GenerationRequest(prompt=..., objects=(...), seed=1))
+    result.images            (N, H, W, 3) uint8
+    result.timings           seconds per stage (+ "engines": the sum of engine calls)
+    result.step_times        seconds of every denoising step
+
+What happens per request mirrors gligen_ref/pipeline.py step for step (validate; text encoder on
+[negative, prompt, *phrases] in one batch; image encoder; grounding tokens once for [null; real];
+the plan; the loop; VAE decode; NaN check) and draws the same noise in the same order
+(NoiseStream), so for the same seed the images agree with the reference up to engine numerics.
+
+Thread-safety: a pipeline may be called from several threads at once. All per-request state (noise
+stream, scheduler, arrays, timings) lives in the call's locals; the tokenizer and the backends'
+``run`` are thread-safe (see runtime/backend.py). Creating and closing a pipeline are not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gligen_rt.core.errors import NumericalError, RequestError
+from gligen_rt.core.imageio import to_uint8
+from gligen_rt.core.modality import Modality, default_alpha_type
+from gligen_rt.core.noise import NoiseStream
+from gligen_rt.core.request import GenerationRequest, validate
+from gligen_rt.core.schedule import alpha_generator, beta_gates, make_plan
+from gligen_rt.core.schedulers import make_scheduler
+from gligen_rt.engines.spec import (
+    GROUNDING,
+    IMAGE_ENCODER,
+    TEXT_ENCODER,
+    UNET,
+    UNET_PLAIN,
+    VAE_DECODER,
+    VAE_ENCODER,
+    concrete_shapes,
+)
+
+from .backend import Backend, make_backend
+from .folder import EngineFolder
+from .inputs import grounding_inputs, read_inputs
+from .loop import Conditioning, Inpainting, denoise
+
+log = logging.getLogger(__name__)
+
+SIZE_MULTIPLE = 64  # 3 UNet downsamplings of a latent that is 1/8 of the image
+
+
+@dataclass
+class GenerationResult:
+    """images: (N, H, W, 3) uint8. latents: (N, 4, H/8, W/8) float32, the final denoised latents.
+    timings: seconds per stage: text_encoder, image_encoder, grounding, vae_encoder (inpainting),
+    denoise (the loop), unet (UNet engine calls), vae_decoder, engines (every engine call),
+    overhead (total - engines), total. step_times: seconds of every denoising step."""
+
+    images: np.ndarray
+    latents: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    step_times: list[float] = field(default_factory=list)
+
+
+class _TimedRun:
+    """A backend's run, adding each call's seconds to a per-request total and a per-engine total."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.total = 0.0
+        self.per_engine: dict[str, float] = {}
+
+    def __call__(self, engine: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        tic = time.perf_counter()
+        out = self.backend.run(engine, inputs)
+        dt = time.perf_counter() - tic
+        self.total += dt
+        self.per_engine[engine] = self.per_engine.get(engine, 0.0) + dt
+        return out
+
+
+def resolve_gates(
+    request: GenerationRequest, modality: Modality, inpaint: bool, steps: int
+) -> tuple[float, ...]:
+    """Per-step fuser gates: diffusers' `beta` fraction or the original `alpha_type` [a, b, c]."""
+    if request.beta is not None:
+        return beta_gates(steps, request.beta)
+    return alpha_generator(steps, request.alpha_type or default_alpha_type(modality, inpaint))
+
+
+class GligenPipeline:
+    """One engine folder on one backend. `single_unet`: load only `unet` and run gate-0 steps on it
+    with gate 0 (one UNet in memory, for memory-tight devices) instead of `unet_plain`."""
+
+    def __init__(self, folder: EngineFolder, backend: Backend, *, single_unet: bool = False) -> None:
+        self.folder = folder
+        self.config = folder.config
+        self.backend = backend
+        self.single_unet = single_unet
+        self.tokenizer = folder.tokenizer()
+        engines = [n for n in folder.specs if not (single_unet and n == UNET_PLAIN)]
+        backend.load(folder, engines)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_engines(
+        cls,
+        path: str | os.PathLike[str],
+        backend: str = "ort-cpu",
+        *,
+        single_unet: bool = False,
+        check_sha256: bool = True,
+        **backend_options: Any,
+    ) -> GligenPipeline:
+        """Open an exported engine folder and load its engines on `backend` (runtime/backend.py).
+
+        check_sha256: hash every graph at open (seconds for GB-size graphs; sizes are always checked).
+        backend_options: passed to the backend, e.g. threads=2, or model=... for "torch".
+        """
+        folder = EngineFolder.open(path, check_sha256=check_sha256)
+        b = make_backend(backend, **backend_options)
+        try:
+            return cls(folder, b, single_unet=single_unet)
+        except BaseException:
+            b.close()
+            raise
+
+    @classmethod
+    def tiny(
+        cls,
+        modality: Modality | str = Modality.TEXT_BOX,
+        inpaint: bool = False,
+        backend: str = "ort-cpu",
+        *,
+        precision: str = "fp32",
+        single_unet: bool = False,
+        seed: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **backend_options: Any,
+    ) -> GligenPipeline:
+        """The embedded tiny random model, exported once into the cache (runtime/tiny.py) and reused.
+
+        precision: "fp32" | "fp16" graphs. single_unet: a folder without unet_plain (exported faster).
+        seed: the random weights' seed (build_model(tiny(modality, inpaint), seed)).
+        cache_dir: the cache root (default ~/.cache/gligen-rt, or $GLIGEN_RT_CACHE).
+        """
+        from .tiny import tiny_engines
+
+        path = tiny_engines(
+            modality, inpaint, precision=precision, plain=not single_unet, cache_dir=cache_dir
+        )
+        return cls.from_engines(path, backend, single_unet=single_unet, **backend_options)
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> GligenPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- facts ----------------------------------------------------------------------------------
+
+    @property
+    def modality(self) -> Modality:
+        return self.config.modality
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        """The loaded engines."""
+        return tuple(self.backend.specs)
+
+    def max_size(self) -> int:
+        """The largest height/width every loaded size-dependent engine accepts."""
+        sizes = [
+            r[2] for s in self.backend.specs.values() for r in (s.envelope.height, s.envelope.width) if r
+        ]
+        return min(sizes)
+
+    def check_request(self, request: GenerationRequest) -> tuple[int, int]:
+        """Validate against the model and every engine's envelope; (height, width). One-line errors."""
+        cfg = self.config
+        validate(request, cfg.modality, cfg.inpaint, max_size=self.max_size(), multiple=SIZE_MULTIPLE)
+        H, W = request.height or cfg.default_size, request.width or cfg.default_size
+        n = request.num_images
+        n_phr = sum(o.has_phrase for o in request.objects)
+        n_img = sum(o.image is not None for o in request.objects) + (request.style_image is not None)
+        unet_batch = 2 * n if request.guidance != 1.0 else n
+        batches = {
+            TEXT_ENCODER: 2 + n_phr,
+            IMAGE_ENCODER: n_img,
+            GROUNDING: 2 * n,
+            UNET: unet_batch,
+            UNET_PLAIN: unet_batch,
+            VAE_DECODER: n,
+            VAE_ENCODER: 1,
+        }
+        for name, spec in self.backend.specs.items():
+            if batches[name] > 0:
+                concrete_shapes(spec, batches[name], H, W)
+        return H, W
+
+    # -- one request ----------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        request: GenerationRequest,
+        noise: np.ndarray | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> GenerationResult:
+        """Generate request.num_images images.
+
+        noise: optional (N, 4, H/8, W/8) float32 initial latents (else drawn from the seed).
+        on_step: called as on_step(i, S) after each denoising step.
+        """
+        cfg = self.config
+        t0 = time.perf_counter()
+        H, W = self.check_request(request)
+        n = request.num_images
+        f = cfg.vae.downscale
+        h, w = H // f, W // f
+        latent_shape = (n, cfg.unet.latent_channels, h, w)
+        if noise is not None and tuple(np.shape(noise)) != latent_shape:
+            raise RequestError(
+                f"noise has shape {tuple(np.shape(noise))}, expected {latent_shape} (N, 4, H/8, W/8)"
+            )
+        host = read_inputs(request, cfg, H, W)
+        arrays = self.backend.arrays
+        run = _TimedRun(self.backend)
+        timings: dict[str, float] = {}
+        rng = NoiseStream(request.seed)
+
+        with arrays.scope():
+            tic = time.perf_counter()
+            ids = self.tokenizer.encode([request.negative_prompt, request.prompt, *host.phrases]).astype(
+                np.int32
+            )
+            text = run(TEXT_ENCODER, {"input_ids": arrays.asarray(ids)})
+            context = text["last_hidden_state"][:2]
+            phrase_emb = arrays.to_host(text["pooled"][2:])
+            timings["text_encoder"] = time.perf_counter() - tic
+
+            tic = time.perf_counter()
+            image_emb = None
+            if host.pixel_values is not None:
+                image_emb = arrays.to_host(
+                    run(IMAGE_ENCODER, {"pixel_values": arrays.asarray(host.pixel_values)})["image_features"]
+                )
+            timings["image_encoder"] = time.perf_counter() - tic
+
+            tic = time.perf_counter()
+            ginputs = grounding_inputs(request, cfg.modality, host, phrase_emb, image_emb)
+            gout = run(GROUNDING, {k: arrays.asarray(v, np.float32) for k, v in ginputs.items()})
+            tokens, extra = gout["tokens"], gout.get("extra")
+            if extra is not None:  # spatial: both CFG halves take the real map's downsampler output
+                extra = arrays.concat([extra[n:], extra[n:]])
+            timings["grounding"] = time.perf_counter() - tic
+
+            x = arrays.asarray(noise if noise is not None else rng.latents(latent_shape), np.float32)
+            inpainting = None
+            if cfg.inpaint:
+                tic = time.perf_counter()
+                assert host.inpaint_image is not None and host.inpaint_mask is not None
+                enc = run(VAE_ENCODER, {"images": arrays.asarray(host.inpaint_image[None])})
+                mean, std = enc["mean"], enc["std"]  # one encode, one sample, shared by the batch
+                z0 = arrays.concat([mean + std * arrays.asarray(rng.like(mean))] * n)
+                mask = arrays.asarray(np.repeat(host.inpaint_mask[None], n, axis=0))
+                extra = arrays.concat([z0 * mask, mask], axis=1)
+                timings["vae_encoder"] = time.perf_counter() - tic
+
+            scheduler = make_scheduler(request.sampler, request.steps)
+            gates = resolve_gates(request, cfg.modality, cfg.inpaint, len(scheduler.timesteps))
+            plan = make_plan(scheduler.timesteps, gates, plain_available=self.backend.has(UNET_PLAIN))
+            if cfg.inpaint:
+                step_noise = np.stack([rng.latents(latent_shape) for _ in plan])
+                inpainting = Inpainting(z0, mask, arrays.asarray(step_noise))
+
+            ctx = arrays.concat([context[:1]] * n + [context[1:2]] * n)
+            if cfg.inpaint:
+                extra = arrays.concat([extra, extra])
+            cond = Conditioning(ctx, tokens, extra, float(request.guidance))
+            if not cond.guided:  # conditional half only
+                cond = Conditioning(ctx[n:], tokens[n:], None if extra is None else extra[n:], cond.guidance)
+
+            x = x * scheduler.init_noise_sigma
+            unet_before = sum(run.per_engine.get(e, 0.0) for e in (UNET, UNET_PLAIN))
+            tic = time.perf_counter()
+            names = {e: self.backend.specs[e].input_names for e in (UNET, UNET_PLAIN) if self.backend.has(e)}
+            x, step_times = denoise(
+                x, plan, scheduler, cond, run, names, arrays, inpainting=inpainting, on_step=on_step
+            )
+            timings["denoise"] = time.perf_counter() - tic
+            timings["unet"] = sum(run.per_engine.get(e, 0.0) for e in (UNET, UNET_PLAIN)) - unet_before
+
+            if not arrays.all_finite(x):
+                raise NumericalError(
+                    "NaN or Inf in the latents: try fp32 engines or another seed; nothing was saved"
+                )
+            tic = time.perf_counter()
+            decoded = arrays.to_host(run(VAE_DECODER, {"latents": x})["images"])
+            latents = arrays.to_host(x)
+            timings["vae_decoder"] = time.perf_counter() - tic
+
+        images = to_uint8(decoded)  # NumericalError on NaN / Inf
+        timings["engines"] = run.total
+        timings["total"] = time.perf_counter() - t0
+        timings["overhead"] = timings["total"] - run.total
+        return GenerationResult(images, np.asarray(latents, dtype=np.float32), timings, step_times)

@@ -1,0 +1,109 @@
+"""The embedded tiny model as an engine folder: exported once into a cache folder and reused.
+
+    ~/.cache/gligen-rt/<key>/        ($GLIGEN_RT_CACHE overrides the root)
+
+<key> names the model (tiny-[inpaint-]<modality>-seed<s>-<precision>) and ends with a digest of
+the engine specs and of the source files that shape the exported graphs (gligen_ref, export), so
+a code change never reuses a stale folder. Exporting needs torch (the `export` extra); it happens
+once, into a temporary folder renamed into place, so a reader never sees half a folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+from gligen_rt.core.errors import BackendUnavailable
+from gligen_rt.core.modality import Modality
+from gligen_rt.engines.manifest import FOLDER_MANIFEST
+from gligen_rt.engines.spec import UNET_PLAIN, canonical_json, specs_for
+
+log = logging.getLogger(__name__)
+
+_ROOT = Path(__file__).resolve().parent.parent  # the repository / installed tree
+
+
+def default_cache_dir() -> Path:
+    """~/.cache/gligen-rt, or $GLIGEN_RT_CACHE."""
+    env = os.environ.get("GLIGEN_RT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gligen-rt"
+
+
+def _tiny_config(modality: Modality | str, inpaint: bool):  # -> gligen_ref ModelConfig (torch-free)
+    from gligen_ref.config import tiny
+
+    return tiny(Modality(modality), inpaint)
+
+
+def _source_digest() -> str:
+    """sha256 over the sources that determine exported graphs (gligen_ref/, export/, engines/spec.py)."""
+    import gligen_ref
+    import gligen_rt.engines.spec as spec_module
+    import gligen_rt.export as export_pkg
+
+    h = hashlib.sha256()
+    folders = [Path(gligen_ref.__file__).parent, Path(export_pkg.__file__).parent]
+    files = sorted(p for d in folders for p in d.rglob("*.py")) + [Path(spec_module.__file__)]
+    for p in files:
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def tiny_key(
+    modality: Modality | str = Modality.TEXT_BOX,
+    inpaint: bool = False,
+    precision: str = "fp32",
+    seed: int = 0,
+    plain: bool = True,
+) -> str:
+    """The cache folder name of one tiny engine folder (`plain`: with the unet_plain engine)."""
+    config = _tiny_config(modality, inpaint)
+    h = hashlib.sha256()
+    for spec in specs_for(config).values():
+        h.update(canonical_json(spec).encode())
+    h.update(_source_digest().encode())
+    single = "" if plain else "-single-unet"
+    return f"{config.key}-seed{seed}-{precision}{single}-{h.hexdigest()[:12]}"
+
+
+def tiny_engines(
+    modality: Modality | str = Modality.TEXT_BOX,
+    inpaint: bool = False,
+    *,
+    precision: str = "fp32",
+    seed: int = 0,
+    plain: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The engine folder of build_model(tiny(modality, inpaint), seed) at `precision`, exported on first use.
+
+    plain: also export unet_plain (False: a single-UNet folder; gate-0 steps run `unet` with gate 0).
+    cache_dir: the cache root (default: default_cache_dir()).
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    final = root / tiny_key(modality, inpaint, precision, seed, plain)
+    if (final / FOLDER_MANIFEST).is_file():
+        return final
+    try:
+        from gligen_rt.export.api import export_engines
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"exporting the tiny model needs torch ({e.name} is missing): pip install 'gligen-rt[export]'"
+        ) from None
+    log.info("exporting the tiny %s model once into %s", _tiny_config(modality, inpaint).key, final)
+    # export_engines writes the folder beside `final` and renames it into place when complete.
+    config = _tiny_config(modality, inpaint)
+    engines = [n for n in specs_for(config) if plain or n != UNET_PLAIN]
+    return export_engines(
+        "tiny",
+        final,
+        precision,
+        modality=config.modality,
+        inpaint=inpaint,
+        seed=seed,
+        progress=False,
+        engines=engines,
+    )
