@@ -208,7 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--backend",
         default="torch",
-        choices=["torch", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "openvino"],
+        choices=[
+            "torch",
+            "ort-cpu",
+            "ort-cuda",
+            "ort-trt",
+            "tensorrt",
+            "tensorrt-rtx",
+            "openvino",
+            "openvino-bf16",
+        ],
+        help="torch (the PyTorch reference) or an engine backend",
+    )
+    gen.add_argument(
+        "--single-unet",
+        action="store_true",
+        help="run plain steps on the grounded UNet with gate 0 (one UNet in memory, for Jetsons)",
     )
     gen.add_argument("--out", type=Path, default=Path("out.png"))
     gen.add_argument(
