@@ -122,6 +122,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from gligen_rt.core.imageio import draw_overlay, output_paths, save_png
 
     request = request_from_args(args)
+    if args.backend is None:  # the reference for a model or checkpoint; ONNX Runtime for engines
+        args.backend = "torch" if args.engines is None else "ort-cpu"
     if args.backend == "torch" and args.engines is None:
         pipe = _reference_pipeline(args)
         config = pipe.config
@@ -207,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--engines", type=Path, default=None, help="engine folder (from `gligen-rt export`)")
     gen.add_argument(
         "--backend",
-        default="torch",
+        default=None,
         choices=[
             "torch",
             "ort-cpu",
@@ -218,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
             "openvino",
             "openvino-bf16",
         ],
-        help="torch (the PyTorch reference) or an engine backend",
+        help="torch (the PyTorch reference; default without --engines) or an engine backend (default ort-cpu)",
     )
     gen.add_argument(
         "--single-unet",
