@@ -34,10 +34,10 @@ from gligen_ref.model import GLIGENModel
 from gligen_rt.core import grounding as G
 from gligen_rt.core.errors import NumericalError
 from gligen_rt.core.imageio import to_uint8
-from gligen_rt.core.modality import Modality, default_alpha_type
+from gligen_rt.core.modality import Modality
 from gligen_rt.core.noise import NoiseStream
 from gligen_rt.core.request import GenerationRequest, validate
-from gligen_rt.core.schedule import alpha_generator, beta_gates, make_plan
+from gligen_rt.core.schedule import make_plan, request_gates
 from gligen_rt.core.schedulers import make_scheduler
 from gligen_rt.core.tokenizer import ClipTokenizer
 
@@ -55,14 +55,6 @@ class GenerationResult:
 
 def resolve_size(request: GenerationRequest, config: ModelConfig) -> tuple[int, int]:
     return (request.height or config.default_size, request.width or config.default_size)
-
-
-def resolve_gates(request: GenerationRequest, config: ModelConfig, steps: int) -> list[float]:
-    """Per-step fuser gates: diffusers' `beta` fraction or the original `alpha_type` [a, b, c]."""
-    if request.beta is not None:
-        return beta_gates(steps, request.beta)
-    alpha_type = request.alpha_type or default_alpha_type(config.modality, config.inpaint)
-    return alpha_generator(steps, alpha_type)
 
 
 class ReferencePipeline:
@@ -206,7 +198,9 @@ class ReferencePipeline:
             extra = None if extra is None else extra[n:]
 
         scheduler = make_scheduler(request.sampler, request.steps)
-        gates = resolve_gates(request, cfg, len(scheduler.timesteps))
+        gates = request_gates(
+            request.beta, request.alpha_type, cfg.modality, cfg.inpaint, len(scheduler.timesteps)
+        )
         plan = make_plan(scheduler.timesteps, gates, plain_available=True)
         x = x * scheduler.init_noise_sigma
         tic = time.perf_counter()

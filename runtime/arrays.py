@@ -2,7 +2,7 @@
 
 The denoising loop is written once against the small API numpy and CuPy share (operators with
 python floats, slicing, ``concatenate``, ``isfinite``); each backend names its ``Arrays``
-(see DEVICE_ARRAYS.md). CuPy is imported only when a GPU backend asks for it.
+(see ARCHITECTURE.md, "Device arrays"). CuPy is imported only when a GPU backend asks for it.
 """
 
 from __future__ import annotations

@@ -29,10 +29,10 @@ import numpy as np
 
 from gligen_rt.core.errors import NumericalError, RequestError
 from gligen_rt.core.imageio import to_uint8
-from gligen_rt.core.modality import Modality, default_alpha_type
+from gligen_rt.core.modality import Modality
 from gligen_rt.core.noise import NoiseStream
 from gligen_rt.core.request import GenerationRequest, validate
-from gligen_rt.core.schedule import alpha_generator, beta_gates, make_plan
+from gligen_rt.core.schedule import make_plan, request_gates
 from gligen_rt.core.schedulers import make_scheduler
 from gligen_rt.engines.spec import (
     GROUNDING,
@@ -83,15 +83,6 @@ class _TimedRun:
         self.total += dt
         self.per_engine[engine] = self.per_engine.get(engine, 0.0) + dt
         return out
-
-
-def resolve_gates(
-    request: GenerationRequest, modality: Modality, inpaint: bool, steps: int
-) -> tuple[float, ...]:
-    """Per-step fuser gates: diffusers' `beta` fraction or the original `alpha_type` [a, b, c]."""
-    if request.beta is not None:
-        return beta_gates(steps, request.beta)
-    return alpha_generator(steps, request.alpha_type or default_alpha_type(modality, inpaint))
 
 
 class GligenPipeline:
@@ -277,7 +268,9 @@ class GligenPipeline:
                 timings["vae_encoder"] = time.perf_counter() - tic
 
             scheduler = make_scheduler(request.sampler, request.steps)
-            gates = resolve_gates(request, cfg.modality, cfg.inpaint, len(scheduler.timesteps))
+            gates = request_gates(
+                request.beta, request.alpha_type, cfg.modality, cfg.inpaint, len(scheduler.timesteps)
+            )
             plan = make_plan(scheduler.timesteps, gates, plain_available=self.backend.has(UNET_PLAIN))
             if cfg.inpaint:
                 step_noise = np.stack([rng.latents(latent_shape) for _ in plan])

@@ -147,3 +147,13 @@ def make_plan(
         engine = ENGINE_PLAIN if gate == 0.0 and plain_available else ENGINE_GROUNDED
         plan.append(PlanStep(index=i, timestep=int(t) if integral else float(t), gate=gate, engine=engine))
     return tuple(plan)
+
+
+def request_gates(beta: float | None, alpha_type, modality, inpaint: bool, steps: int) -> tuple[float, ...]:
+    """Per-step fuser gates of a request: diffusers' `beta` fraction, else the original `alpha_type`
+    [a, b, c], else the modality's default from the original repository."""
+    from gligen_rt.core.modality import default_alpha_type
+
+    if beta is not None:
+        return beta_gates(steps, beta)
+    return alpha_generator(steps, alpha_type or default_alpha_type(modality, inpaint))
