@@ -18,11 +18,13 @@ so an interrupted build leaves no half-written artifact; re-running it rebuilds 
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import (
     EngineManifest,
     FolderManifest,
@@ -46,8 +48,6 @@ from gligen_rt.engines.spec import (
     spec_to_dict,
 )
 from gligen_rt.engines.spec import static as make_static
-
-from gligen_rt.core.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,9 @@ def build(
                 "re-export the engine folder with `gligen-rt export`"
             )
         verify(source, artifact_path=onnx_path)
+        engine_precision = precision
+        if engine_precision is None and source.flavor == "fp32-fp16-flag" and backend.startswith("tensorrt"):
+            engine_precision = "fp16"  # the TRT-10 flavor: an FP32 graph built with the FP16 flag
         built.append(
             _build_one(
                 backend,
@@ -128,7 +131,7 @@ def build(
                 source,
                 folder,
                 out,
-                precision=precision,
+                precision=engine_precision,
                 static=_static_for(spec, static),
                 workspace=workspace,
                 threads=threads,
@@ -312,3 +315,41 @@ def _build_openvino(
     )
     write_manifest(out / f"{spec.name}.json", manifest)
     return onnx_path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `gligen-rt build --onnx DIR --backend B` to the main parser."""
+    p = subparsers.add_parser("build", help="build an exported engine folder for a backend")
+    p.add_argument("--onnx", type=Path, required=True, help="engine folder written by `gligen-rt export`")
+    p.add_argument("--backend", required=True, choices=BACKENDS)
+    p.add_argument("--out", type=Path, default=None, help="default: DIR/<backend>")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None, help="default: as exported")
+    p.add_argument("--static", default=None, help="images,height,width: one fixed shape (CUDA graphs)")
+    p.add_argument("--engines", default=None, help="comma-separated subset of the folder's engines")
+    p.add_argument("--workspace", type=int, default=None, help="TensorRT workspace in MiB")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_build)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    static = None
+    if args.static is not None:
+        try:
+            static = tuple(int(v) for v in args.static.split(","))
+        except ValueError:
+            static = ()
+        if len(static) != 3:
+            raise EngineError(f"--static {args.static!r}: give images,height,width, e.g. 1,512,512")
+    paths = build(
+        args.onnx,
+        args.backend,
+        args.out,
+        precision=args.precision,
+        static=static,
+        engines=args.engines.split(",") if args.engines else None,
+        workspace=args.workspace << 20 if args.workspace else None,
+        threads=args.threads,
+    )
+    for path in paths:
+        print(path)
+    return 0

@@ -234,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     from gligen_rt.benchmarks.cli import register as register_bench
+    from gligen_rt.engines.build import register as register_build
+    from gligen_rt.export.cli import register as register_export
     from gligen_rt.runtime.cli import register_inspect
 
+    register_export(sub)
+    register_build(sub)
     register_bench(sub)
     register_inspect(sub)
     return parser
