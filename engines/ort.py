@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gligen_rt.core.errors import BackendUnavailable
 from gligen_rt.engines.manifest import (
     ONNX_BACKEND,
     load_manifest,
@@ -30,8 +31,6 @@ from gligen_rt.engines.manifest import (
     onnx_sha256,
 )
 from gligen_rt.engines.spec import EngineSpec, trt_profile
-
-from gligen_rt.core.errors import BackendUnavailable
 
 log = logging.getLogger(__name__)
 

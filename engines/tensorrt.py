@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from gligen_rt.core.errors import BackendUnavailable, EngineError
 from gligen_rt.engines.manifest import (
     FLAVORS,
     EngineManifest,
@@ -34,8 +36,6 @@ from gligen_rt.engines.manifest import (
     write_manifest,
 )
 from gligen_rt.engines.spec import EngineSpec, fingerprint, spec_to_dict, static, trt_profile
-
-from gligen_rt.core.errors import BackendUnavailable, EngineError
 
 log = logging.getLogger(__name__)
 
