@@ -124,6 +124,7 @@ def export_engines(
     external_data_min_bytes: int = EXTERNAL_DATA_MIN_BYTES,
     source: SourceModel | None = None,
     threads: int | None = None,
+    gate_skip: bool = False,
     **checkpoint_options: Any,
 ) -> Path:
     """Export every engine of a GLIGEN model into the engine folder ``out_dir``; returns its path.
@@ -146,6 +147,9 @@ def export_engines(
         external_data_min_bytes: weights above this go to ``<engine>.onnx.data``.
         source: an already loaded model (then ``checkpoint``/``modality``/``inpaint`` are ignored).
         threads: CPU threads for PyTorch and ONNX Runtime during export and checks (default: theirs).
+        gate_skip: one UNet for both phases: every fuser sits in an ONNX If on ``gate != 0``, so
+            plain steps cost a plain UNet's time; ``unet_plain`` is then not exported unless named
+            in ``engines`` (half the UNet weights in memory).
 
     Raises:
         ExportError / ParityError: an engine failed its checks (nothing is written);
@@ -164,6 +168,8 @@ def export_engines(
     if unknown:
         raise ExportError(f"{config.key} has no engines {unknown}: it has {list(specs)}")
     names = [n for n in specs if engines is None or n in engines]  # in build order
+    if gate_skip and engines is None:
+        names.remove(S.UNET_PLAIN)
     if not names:
         raise ExportError("no engines to export: name at least one")
     env = envelope or S.ShapeEnvelope.for_config(config)
@@ -201,6 +207,7 @@ def export_engines(
                 },
                 seed=seed,
                 threads=threads,
+                gate_skip=gate_skip and name == S.UNET,
             )
         folder = M.FolderManifest(
             model_config=to_dict(config),
@@ -214,6 +221,7 @@ def export_engines(
                 "flavor": FP16_FLAVORS[fp16_flavor] if precision == "fp16" else "fp32",
                 "opset": opset,
                 "fused": fuse,
+                "gate_skip": gate_skip,
                 "source": src.description,
                 "exporter": {"torch": torch.__version__, "onnx": _version("onnx")},
                 "export_seconds": round(time.perf_counter() - t0, 1),

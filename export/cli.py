@@ -65,6 +65,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--engines", nargs="+", choices=list(ENGINE_NAMES), default=None, help="only these engines"
     )
+    out.add_argument(
+        "--gate-skip",
+        action="store_true",
+        help="one UNet for both phases (fusers skipped at gate 0 by an ONNX If): half the UNet memory",
+    )
     out.add_argument("--count-unfused", action="store_true", help="also record the UNet's node count unfused")
     out.add_argument("--threads", type=int, default=None, help="CPU threads for export and checks")
     out.add_argument("--no-progress", action="store_true")
@@ -136,6 +141,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         seed=args.model_seed,
         source=source,
         threads=args.threads,
+        gate_skip=args.gate_skip,
     )
     print(path)
     return 0

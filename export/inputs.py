@@ -172,11 +172,11 @@ def _inpaint_extra(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarr
 def parity_cases(
     spec: S.EngineSpec, config: Any, seed: int = 0
 ) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-    """(label, inputs) for every parity point of ``spec``; the grounded UNet at gates 1.0 and 0.5,
-    and 0.0 for spatial models (whose UNet switches to SD's conv_in at gate 0)."""
+    """(label, inputs) for every parity point of ``spec``; the grounded UNet at gates 1.0, 0.5 and 0.0
+    (spatial models switch to SD's conv_in at gate 0; gate-skip graphs take their If's else branch)."""
     gates: tuple[float, ...] = (1.0,)
     if "gate" in spec.input_names:
-        gates = (1.0, 0.5, 0.0) if config.modality.is_spatial else (1.0, 0.5)
+        gates = (1.0, 0.5, 0.0)
     for i, (b, h, w) in enumerate(parity_points(spec)):
         for gate in gates:
             label = f"b{b}_{h}x{w}" + (f"_gate{gate:g}" if len(gates) > 1 else "")

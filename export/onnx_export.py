@@ -36,6 +36,7 @@ from torch import nn
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
 from gligen_rt.export.fp16 import convert_fp16, save_model
+from gligen_rt.export.gate_skip import skip_fusers
 from gligen_rt.export.graph import (
     check_io,
     drop_initializer_identities,
@@ -165,6 +166,7 @@ def export_engine(
     export_info: Mapping[str, Any] | None = None,
     seed: int = 0,
     threads: int | None = None,
+    gate_skip: bool = False,
 ) -> ExportResult:
     """Export engine ``spec.name`` of ``model`` into ``out_dir`` and return what was written.
 
@@ -185,6 +187,8 @@ def export_engine(
             (of the FP32 graph: compare it with ``nodes_fp32``).
         export_info: extra exporter settings recorded in the manifest's ``builder`` field.
         seed: seed of the trace and parity inputs.
+        gate_skip: wrap every fuser in an ONNX If on ``gate != 0`` (export/gate_skip.py), so that
+            the grounded UNet also serves the plain steps at the plain UNet's cost.
         threads: CPU threads for PyTorch and ONNX Runtime while exporting and checking (default:
             theirs). 1 is the robust choice on a small, busy machine (2 cores shared with other jobs
             make multi-threaded kernels wait on each other).
@@ -209,6 +213,7 @@ def export_engine(
             export_info=export_info,
             seed=seed,
             threads=threads or 0,
+            gate_skip=gate_skip,
         )
 
 
@@ -242,6 +247,7 @@ def _export_engine(
     export_info: Mapping[str, Any] | None,
     seed: int,
     threads: int,
+    gate_skip: bool = False,
 ) -> ExportResult:
     t0 = time.perf_counter()
     flavor = flavor or {"fp32": "fp32", "fp16": "fp16-strongly-typed"}[precision]
@@ -280,6 +286,12 @@ def _export_engine(
             save_model(graph, final, external_data=big)
             del graph
         shutil.rmtree(scratch)
+        gate_skip_report = None
+        if gate_skip:
+            skipped, report_ = skip_fusers(onnx.load(str(final), load_external_data=False), inplace=True)
+            onnx.save(skipped, str(final))  # weights stay in the untouched .onnx.data
+            gate_skip_report = report_.to_dict()
+            del skipped
 
         try:
             onnx.checker.check_model(str(final))
@@ -328,6 +340,7 @@ def _export_engine(
             "nodes": nodes,
             "nodes_fp32_graph": nodes_fp32,
             "op_counts": ops,
+            "gate_skip": gate_skip_report,
             "external_data": len(files) > 1,
             "trace_shape": [b, h, w],
             **({"nodes_unfused": nodes_unfused} if nodes_unfused is not None else {}),
