@@ -60,6 +60,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine-dir", type=Path, default=Path(".cache/bench-engines"), help="exported engines (cache)"
     )
+    p.add_argument(
+        "--gate-skip",
+        action="store_true",
+        help="our engines: one UNet, fusers skipped at gate 0 (no unet_plain)",
+    )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(
         "--eager-precisions",
@@ -132,6 +137,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             device=device,
             threads=args.threads,
             matmul_size=args.matmul_size,
+            gate_skip=args.gate_skip,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -95,7 +95,8 @@ def engine_folder(root: Path, scenario: Scenario, config: Config) -> Path:
     """Where the engines of ``config`` live: one folder per model, seed, engine precision and size."""
     from gligen_rt.benchmarks.ours import engine_precision
 
-    name = f"{scenario.model}-{scenario.modality}-seed{scenario.model_seed}-{engine_precision(config)}-{scenario.size}px"
+    skip = "-gateskip" if scenario.gate_skip else ""
+    name = f"{scenario.model}-{scenario.modality}-seed{scenario.model_seed}-{engine_precision(config)}-{scenario.size}px{skip}"
     return root / name
 
 

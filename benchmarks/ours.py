@@ -119,6 +119,7 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
                 seed=scenario.model_seed,
                 progress=False,
                 source=source,
+                gate_skip=scenario.gate_skip,
             )
             info["export_s"] = time.perf_counter() - tic
         del source

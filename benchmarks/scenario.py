@@ -68,6 +68,7 @@ class Scenario:
     device: str = "cpu"  # "cpu" or "cuda"
     threads: int | None = None  # torch intra-op threads (None: the physical cores)
     matmul_size: int = 4096  # n of the n^3 matmul whose speed is the machine's peak
+    gate_skip: bool = False  # our engines: one UNet with the fusers behind an If (no unet_plain)
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -85,7 +86,8 @@ class Scenario:
     @property
     def key(self) -> str:
         """e.g. ``sd14-text-box-256px-20steps-cpu``."""
-        return f"{self.model}-{self.modality}-{self.size}px-{self.steps}steps-{self.device}"
+        skip = "-gateskip" if self.gate_skip else ""
+        return f"{self.model}-{self.modality}-{self.size}px-{self.steps}steps-{self.device}{skip}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
