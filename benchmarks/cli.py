@@ -176,15 +176,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gligen-rt")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    args.argv = argv
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    return args.func(args)
+    """Stand-alone entry (``python -m gligen_rt.benchmarks.cli``): the project CLI, one error handling for all."""
+    from gligen_rt.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

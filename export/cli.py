@@ -148,19 +148,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m gligen_rt.export.cli``) with the CLI's error handling."""
-    from gligen_rt.core.errors import GligenError
+    """Stand-alone entry (``python -m gligen_rt.export.cli``): the project CLI, one error handling for all."""
+    from gligen_rt.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="gligen-rt")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except GligenError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return cli_main(argv)
 
 
 if __name__ == "__main__":
