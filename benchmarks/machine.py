@@ -74,8 +74,8 @@ def unet_flops(scenario: Scenario) -> dict[str, int]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gligen_ref.config import preset
     from gligen_ref.model import GLIGENModel
+    from gligen_rt.core.config import preset
 
     config = preset(scenario.model, scenario.modality)
     with torch.device("meta"):

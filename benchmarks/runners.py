@@ -64,8 +64,8 @@ def _set_threads(scenario: Scenario) -> int:
 
 
 def _torch_model(scenario: Scenario):
-    from gligen_ref.config import preset
     from gligen_ref.model import build_model
+    from gligen_rt.core.config import preset
 
     return build_model(preset(scenario.model, scenario.modality), scenario.model_seed)
 

@@ -144,7 +144,7 @@ def sd_unet_times(
     scenario: Scenario, config: Config, path: Path, threads: int | None, calls: int
 ) -> list[float]:
     """Seconds per call of the control graph on ``config``'s backend (the first call is warm-up)."""
-    from gligen_ref.config import preset
+    from gligen_rt.core.config import preset
 
     if config.backend not in CONTROL_BACKENDS:
         raise ValueError(

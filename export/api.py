@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gligen_ref.config import to_dict
+from gligen_rt.core.config import to_dict
 from gligen_rt.core.modality import Modality
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
@@ -62,7 +62,7 @@ class SourceModel:
     """The model to export and where it came from."""
 
     model: nn.Module
-    config: Any  # gligen_ref.config.ModelConfig
+    config: Any  # gligen_rt.core.config.ModelConfig
     tokenizer: Any  # gligen_rt.core.tokenizer.ClipTokenizer
     checkpoint_sha256: str | None
     description: str
@@ -80,8 +80,8 @@ def load_source(
     from gligen_rt.core.tokenizer import ClipTokenizer
 
     if str(checkpoint) in PRESET_NAMES and not Path(checkpoint).exists():
-        from gligen_ref.config import preset
         from gligen_ref.model import build_model
+        from gligen_rt.core.config import preset
 
         config = preset(str(checkpoint), modality or Modality.TEXT_BOX, inpaint)
         return SourceModel(

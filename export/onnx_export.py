@@ -430,7 +430,7 @@ def umask() -> int:
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
-    from gligen_ref.config import to_dict
+    from gligen_rt.core.config import to_dict
 
     return to_dict(config)
 

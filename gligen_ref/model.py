@@ -15,11 +15,11 @@ from diffusers.models.attention import BasicTransformerBlock
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from gligen_ref.config import ModelConfig
 from gligen_ref.convnext import Block as ConvNeXtBlock
 from gligen_ref.downsampler import GroundingDownsampler
 from gligen_ref.fuser import GatedSelfAttention
 from gligen_ref.position_net import KeypointNet, SpatialNet, TextBoxNet, TextImageBoxNet, build_position_net
+from gligen_rt.core.config import ModelConfig
 
 
 class GroundingPassThrough(nn.Module):

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gligen_ref.config import ModelConfig
 from gligen_ref.model import GLIGENModel
 from gligen_rt.core import grounding as G
+from gligen_rt.core.config import ModelConfig
 from gligen_rt.core.errors import NumericalError
 from gligen_rt.core.imageio import to_uint8
 from gligen_rt.core.modality import Modality
@@ -77,8 +77,8 @@ class ReferencePipeline:
         seed: int = 0,
     ) -> ReferencePipeline:
         """A random-weight model of a preset size (`tiny` is the embedded default model)."""
-        from gligen_ref.config import preset
         from gligen_ref.model import build_model
+        from gligen_rt.core.config import preset
 
         return cls(build_model(preset(name, modality, inpaint), seed), ClipTokenizer.default())
 

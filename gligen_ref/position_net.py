@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gligen_ref.config import ModelConfig
 from gligen_ref.convnext import ConvNeXt
 from gligen_ref.fourier import FourierEmbedder
+from gligen_rt.core.config import ModelConfig
 from gligen_rt.core.modality import MAX_PERSONS, NUM_KEYPOINTS, Modality
 
 

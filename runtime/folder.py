@@ -46,10 +46,10 @@ from gligen_rt.engines.spec import (
 def model_config_from_dict(d: dict[str, Any]) -> Any:
     """The ModelConfig recorded in a manifest.
 
-    ModelConfig lives in gligen_ref/config.py, a torch-free module (it imports only
+    ModelConfig lives in gligen_rt/core/config.py, a torch-free module (it imports only
     gligen_rt.core.modality), so importing it keeps the runtime torch-free.
     """
-    from gligen_ref.config import from_dict
+    from gligen_rt.core.config import from_dict
 
     try:
         return from_dict(d)

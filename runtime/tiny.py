@@ -32,7 +32,7 @@ def default_cache_dir() -> Path:
 
 
 def _tiny_config(modality: Modality | str, inpaint: bool):  # -> gligen_ref ModelConfig (torch-free)
-    from gligen_ref.config import tiny
+    from gligen_rt.core.config import tiny
 
     return tiny(Modality(modality), inpaint)
 

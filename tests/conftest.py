@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 
-from gligen_ref.config import ModelConfig, tiny
 from gligen_ref.model import GLIGENModel, build_model
+from gligen_rt.core.config import ModelConfig, tiny
 from gligen_rt.core.modality import MAX_OBJECTS, MAX_PERSONS, NUM_KEYPOINTS, Modality
 
 

@@ -32,8 +32,8 @@ from gligen_ref.checkpoint import (
 from gligen_ref.checkpoint.keys import key_map, model_shapes
 from gligen_ref.checkpoint.original import SD_CONV_IN_FILE, original_sections
 from gligen_ref.checkpoint.safe_pickle import Placeholder, load_torch_file
-from gligen_ref.config import sd14, tiny
 from gligen_ref.model import GLIGENModel
+from gligen_rt.core.config import sd14, tiny
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.modality import Modality
 from gligen_rt.core.tokenizer import BOS, END_OF_WORD, EOS, ClipTokenizer, bytes_to_unicode, find_bpe_file

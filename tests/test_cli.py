@@ -165,8 +165,8 @@ def test_module_entry_point_reports_errors(tmp_path) -> None:
 def test_generate_from_checkpoint_equals_the_preset(layout, tmp_path) -> None:
     """A checkpoint written in a real layout generates the same image as the model it came from."""
     from gligen_ref.checkpoint import save_diffusers, save_original
-    from gligen_ref.config import tiny
     from gligen_ref.model import build_model
+    from gligen_rt.core.config import tiny
     from gligen_rt.core.tokenizer import ClipTokenizer
 
     model = build_model(tiny("text-box"), 0)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gligen_ref.config import sd14, tiny
+from gligen_rt.core.config import sd14, tiny
 from gligen_rt.core.errors import EngineError
 from gligen_rt.core.modality import SPATIAL, Modality
 from gligen_rt.engines.spec import (

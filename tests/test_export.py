@@ -17,8 +17,8 @@ import onnx
 import pytest
 import torch
 
-from gligen_ref.config import tiny
 from gligen_ref.fuser import GatedSelfAttention
+from gligen_rt.core.config import tiny
 from gligen_rt.core.modality import Modality
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
@@ -86,7 +86,7 @@ def _engines(folders: dict[str, Path]) -> list[tuple[str, str]]:
 
 
 def _config_of(folder: Path):
-    from gligen_ref.config import from_dict
+    from gligen_rt.core.config import from_dict
 
     return from_dict(M.load_folder_manifest(folder).model_config)
 

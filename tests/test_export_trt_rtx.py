@@ -83,7 +83,7 @@ def test_every_tiny_engine_builds(folders: dict[str, Path], plans: dict[str, lis
 def test_tiny_plans_match_onnx_runtime(folders: dict[str, Path], plans: dict[str, list[Path]]):
     if not _has_gpu():
         pytest.skip("needs an NVIDIA GPU")
-    from gligen_ref.config import from_dict
+    from gligen_rt.core.config import from_dict
     from gligen_rt.engines.tensorrt import TrtEngineRunner
 
     for key, paths in plans.items():

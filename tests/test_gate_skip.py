@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from gligen_ref.config import tiny
+from gligen_rt.core.config import tiny
 from gligen_rt.engines import spec as S
 from gligen_rt.export.api import export_engines
 from gligen_rt.export.gate_skip import (

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gligen_ref.config import tiny, to_dict
+from gligen_rt.core.config import tiny, to_dict
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines import manifest as mf
 from gligen_rt.engines.manifest import (

@@ -10,8 +10,8 @@ import torch
 from diffusers.models.attention import GatedSelfAttentionDense
 from diffusers.models.embeddings import GLIGENTextBoundingboxProjection
 
-from gligen_ref.config import ModelConfig, tiny
 from gligen_ref.model import GLIGENModel, build_model, build_unet
+from gligen_rt.core.config import ModelConfig, tiny
 from gligen_rt.core.modality import Modality
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gligen_ref.config import tiny
 from gligen_ref.model import build_model, build_unet
 from gligen_ref.pipeline import ReferencePipeline
+from gligen_rt.core.config import tiny
 from gligen_rt.core.errors import RequestError
 from gligen_rt.core.noise import NoiseStream
 from gligen_rt.core.request import GenerationRequest, GroundedObject

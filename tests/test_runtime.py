@@ -249,7 +249,7 @@ def test_sizes_outside_the_envelope(pipe: GligenPipeline, images: dict[str, str]
 def test_unreadable_images_and_maps(tmp_path: Path, images: dict[str, str]) -> None:
     """Reference image, condition map, image to inpaint: an unreadable file is one RequestError
     line before any engine runs (runtime/inputs.py)."""
-    from gligen_ref.config import tiny
+    from gligen_rt.core.config import tiny
     from gligen_rt.runtime.inputs import read_inputs
 
     bad = tmp_path / "bad.png"

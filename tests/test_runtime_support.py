@@ -63,9 +63,9 @@ def engine_folder(
 
 def reference(modality: str, inpaint: bool = False) -> Any:
     """gligen_ref's ReferencePipeline on the same weights as the tiny engine folders (seed 0)."""
-    from gligen_ref.config import tiny
     from gligen_ref.model import build_model
     from gligen_ref.pipeline import ReferencePipeline
+    from gligen_rt.core.config import tiny
     from gligen_rt.core.tokenizer import ClipTokenizer
 
     return ReferencePipeline(build_model(tiny(modality, inpaint), 0), ClipTokenizer.default())

@@ -21,8 +21,8 @@ from typing import Literal
 from gligen_ref.checkpoint.diffusers_folder import load_diffusers, save_diffusers
 from gligen_ref.checkpoint.keys import key_map
 from gligen_ref.checkpoint.original import detect_modality, load_original, save_original, sd_schedule_buffers
-from gligen_ref.config import ModelConfig
 from gligen_ref.model import GLIGENModel
+from gligen_rt.core.config import ModelConfig
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.modality import Modality
 from gligen_rt.core.tokenizer import ClipTokenizer

@@ -28,7 +28,7 @@ import torch
 
 from gligen_ref.checkpoint.keys import assemble_model, model_shapes, pick_preset
 from gligen_ref.checkpoint.safe_pickle import load_torch_file
-from gligen_ref.config import ModelConfig
+from gligen_rt.core.config import ModelConfig
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.modality import Modality
 

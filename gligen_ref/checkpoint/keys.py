@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from gligen_ref.config import PRESETS, ModelConfig
+from gligen_rt.core.config import PRESETS, ModelConfig
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.modality import Modality
 

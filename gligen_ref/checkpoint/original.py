@@ -34,8 +34,8 @@ from gligen_ref.checkpoint.diffusers_folder import (
 )
 from gligen_ref.checkpoint.keys import SECTIONS, assemble_model, key_map, original_shapes, pick_preset
 from gligen_ref.checkpoint.safe_pickle import load_torch_file
-from gligen_ref.config import ModelConfig
 from gligen_ref.model import GLIGENModel
+from gligen_rt.core.config import ModelConfig
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.modality import Modality
 

@@ -1,4 +1,4 @@
-"""Model configurations: frozen dataclasses for the real SD-1.4 GLIGEN size and a tiny one.
+"""Model configurations (torch-free: the reference, export, engines and runtime all read them): frozen dataclasses for the real SD-1.4 GLIGEN size and a tiny one.
 
 `sd14(modality)` is the architecture of every released checkpoint. `tiny(modality)` keeps the same
 structure (4 UNet levels, 2 res blocks per level, attention on the first three levels, a mid-block
