@@ -179,7 +179,9 @@ def report(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="export_sd14", description=__doc__.splitlines()[0])
-    p.add_argument("--model", choices=["sd14", "tiny"], default="sd14", help="architecture (random weights)")
+    p.add_argument(
+        "--model", choices=["sd14", "tiny-random"], default="sd14", help="architecture (random weights)"
+    )
     p.add_argument("--modality", default="text-box")
     p.add_argument("--inpaint", action="store_true")
     p.add_argument("--precisions", default="fp32,fp16", help="comma-separated: fp32,fp16")

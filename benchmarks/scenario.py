@@ -21,7 +21,7 @@ from typing import Any
 
 from gligen_rt.core.modality import Modality
 
-MODELS = ("tiny", "sd14")
+MODELS = ("tiny-random", "sd14")
 KINDS = ("ours", "reference", "eager")
 
 # Runtime backends and the precisions each can run. bf16 on openvino is the CPU's BF16 inference

@@ -52,7 +52,7 @@ from gligen_rt.export.parity import ExportError
 
 log = logging.getLogger(__name__)
 
-PRESET_NAMES = ("tiny", "sd14")  # random-weight models (build_model(config, seed))
+PRESET_NAMES = ("tiny-random", "sd14")  # random-weight models (build_model(config, seed))
 FP16_FLAVORS = {"strongly-typed": "fp16-strongly-typed", "fp16-flag": "fp32-fp16-flag"}
 ALWAYS_FP32 = (S.GROUNDING,)
 
@@ -75,7 +75,7 @@ def load_source(
     seed: int = 0,
     **checkpoint_options: Any,
 ) -> SourceModel:
-    """``"tiny"`` / ``"sd14"``: the preset with random weights (seed), else a checkpoint path
+    """``"tiny-random"`` / ``"sd14"``: the preset with random weights (seed), else a checkpoint path
     (gligen_ref.checkpoint.load_checkpoint; ``checkpoint_options`` are its keyword arguments)."""
     from gligen_rt.core.tokenizer import ClipTokenizer
 
@@ -107,7 +107,7 @@ def load_source(
 
 
 def export_engines(
-    checkpoint: str | os.PathLike[str] = "tiny",
+    checkpoint: str | os.PathLike[str] = "tiny-random",
     out_dir: str | os.PathLike[str] = "engines",
     precision: str = "fp32",
     envelope: S.ShapeEnvelope | None = None,
@@ -130,7 +130,7 @@ def export_engines(
     """Export every engine of a GLIGEN model into the engine folder ``out_dir``; returns its path.
 
     Args:
-        checkpoint: "tiny" or "sd14" (preset with random weights), or a checkpoint file / folder.
+        checkpoint: "tiny-random" or "sd14" (preset with random weights), or a checkpoint file / folder.
         out_dir: the engine folder (replaced only after everything passed).
         precision: "fp32" or "fp16" (see the module docstring for ``fp16_flavor``).
         envelope: request shape ranges (default: around the model's default size).

@@ -32,7 +32,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     src = p.add_argument_group("model")
     which = src.add_mutually_exclusive_group()
-    which.add_argument("--model", choices=["tiny", "sd14"], default="tiny", help="preset with random weights")
+    which.add_argument(
+        "--model", choices=["tiny-random", "sd14"], default="tiny-random", help="preset with random weights"
+    )
     which.add_argument("--checkpoint", type=Path, help="original .bin/.pth file or diffusers folder")
     src.add_argument("--modality", choices=MODALITIES, default=None, help="preset modality / checkpoint hint")
     src.add_argument("--inpaint", action="store_true", help="inpainting preset (with --model)")

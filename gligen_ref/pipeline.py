@@ -71,7 +71,7 @@ class ReferencePipeline:
     @classmethod
     def from_preset(
         cls,
-        name: str = "tiny",
+        name: str = "tiny-random",
         modality: Modality | str = Modality.TEXT_BOX,
         inpaint: bool = False,
         seed: int = 0,

@@ -164,7 +164,7 @@ def _reference_pipeline(args: argparse.Namespace):
             modality=args.modality,
         )
     return ReferencePipeline.from_preset(
-        args.model, args.modality or "text-box", args.inpaint, seed=args.model_seed
+        resolve_model(args.model), args.modality or "text-box", args.inpaint, seed=args.model_seed
     )
 
 
@@ -174,11 +174,20 @@ def _progress(total: int):
     return tqdm(total=total, desc="denoising", unit="step", leave=False, disable=not sys.stderr.isatty())
 
 
+def resolve_model(name: str) -> str:
+    """The preset a --model name stands for: `tiny` is the embedded default (for now tiny-random)."""
+    return "tiny-random" if name == "tiny" else name
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     src = g.add_mutually_exclusive_group()
     src.add_argument(
-        "--model", default="tiny", choices=["tiny", "sd14"], help="random-weight preset (tiny is embedded)"
+        "--model",
+        default="tiny",
+        choices=["tiny", "tiny-random", "sd14"],
+        help="tiny: the embedded default model; tiny-random: random weights of the tiny size, every "
+        "modality (tests); sd14: random weights at SD-1.4 size (default: %(default)s)",
     )
     src.add_argument("--checkpoint", type=Path, help="original .bin/.pth file or diffusers folder")
     g.add_argument(

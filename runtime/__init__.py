@@ -1,7 +1,7 @@
 """gligen_rt.runtime: exported GLIGEN engines -> images, without torch.
 
     from gligen_rt.runtime import GligenPipeline
-    pipe = GligenPipeline.from_engines("engines/", backend="ort-cpu")   # or GligenPipeline.tiny()
+    pipe = GligenPipeline.from_engines("engines/", backend="ort-cpu")   # or GligenPipeline.tiny_random()
     result = pipe(request)            # GenerationResult: images (N, H, W, 3) uint8, timings
 
 Imports numpy, pillow, tokenizers and (lazily, per backend) onnxruntime / openvino / tensorrt /

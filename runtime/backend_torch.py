@@ -112,13 +112,13 @@ class TorchBackend(Backend):
         self.specs.clear()
 
 
-_PRESET_SOURCE = re.compile(r"^(?P<preset>tiny|sd14) preset, random weights, seed (?P<seed>\d+)$")
+_PRESET_SOURCE = re.compile(r"^(?P<preset>tiny-random|sd14) preset, random weights, seed (?P<seed>\d+)$")
 
 
 def model_from_folder(folder: EngineFolder) -> Any:
     """The GLIGENModel an engine folder was exported from, when its manifest says how to rebuild it:
-    a random-weight preset (the exporter's ``source``: "tiny preset, random weights, seed 0", or
-    {"preset": "tiny", "seed": 0}). Checkpoint exports record only the checkpoint's sha256: pass
+    a random-weight preset (the exporter's ``source``: "tiny-random preset, random weights, seed 0", or
+    {"preset": "tiny-random", "seed": 0}). Checkpoint exports record only the checkpoint's sha256: pass
     ``model=`` (or use ``gligen-rt generate --checkpoint``) for those."""
     source = folder.manifest.extra.get("source")
     seed = None

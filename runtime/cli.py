@@ -44,11 +44,13 @@ def run_generate(args: argparse.Namespace, request: GenerationRequest) -> Any:
     if args.engines is not None:
         pipe = GligenPipeline.from_engines(args.engines, backend, single_unet=single)
     else:
-        if args.model != "tiny":
+        from gligen_rt.cli import resolve_model
+
+        if resolve_model(args.model) != "tiny-random":
             raise RequestError(
                 f"--model {args.model} has no embedded engines: export it and pass --engines DIR"
             )
-        pipe = GligenPipeline.tiny(
+        pipe = GligenPipeline.tiny_random(
             args.modality or "text-box", bool(args.inpaint), backend, single_unet=single
         )
     with pipe:

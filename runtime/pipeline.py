@@ -124,7 +124,7 @@ class GligenPipeline:
             raise
 
     @classmethod
-    def tiny(
+    def tiny_random(
         cls,
         modality: Modality | str = Modality.TEXT_BOX,
         inpaint: bool = False,
@@ -139,7 +139,7 @@ class GligenPipeline:
         """The embedded tiny random model, exported once into the cache (runtime/tiny.py) and reused.
 
         precision: "fp32" | "fp16" graphs. single_unet: a folder without unet_plain (exported faster).
-        seed: the random weights' seed (build_model(tiny(modality, inpaint), seed)).
+        seed: the random weights' seed (build_model(tiny_random(modality, inpaint), seed)).
         cache_dir: the cache root (default ~/.cache/gligen-rt, or $GLIGEN_RT_CACHE).
         """
         from .tiny import tiny_engines

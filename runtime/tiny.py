@@ -32,9 +32,9 @@ def default_cache_dir() -> Path:
 
 
 def _tiny_config(modality: Modality | str, inpaint: bool):  # -> gligen_ref ModelConfig (torch-free)
-    from gligen_rt.core.config import tiny
+    from gligen_rt.core.config import tiny_random
 
-    return tiny(Modality(modality), inpaint)
+    return tiny_random(Modality(modality), inpaint)
 
 
 def _source_digest() -> str:
@@ -78,7 +78,7 @@ def tiny_engines(
     plain: bool = True,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """The engine folder of build_model(tiny(modality, inpaint), seed) at `precision`, exported on first use.
+    """The engine folder of build_model(tiny_random(modality, inpaint), seed) at `precision`, exported on first use.
 
     plain: also export unet_plain (False: a single-UNet folder; gate-0 steps run `unet` with gate 0).
     cache_dir: the cache root (default: default_cache_dir()).
@@ -98,7 +98,7 @@ def tiny_engines(
     config = _tiny_config(modality, inpaint)
     engines = [n for n in specs_for(config) if plain or n != UNET_PLAIN]
     return export_engines(
-        "tiny",
+        "tiny-random",
         final,
         precision,
         modality=config.modality,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gligen_ref.model import GLIGENModel, build_model
-from gligen_rt.core.config import ModelConfig, tiny
+from gligen_rt.core.config import ModelConfig, tiny_random
 from gligen_rt.core.modality import MAX_OBJECTS, MAX_PERSONS, NUM_KEYPOINTS, Modality
 
 
@@ -24,7 +24,7 @@ def single_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Callable[..., GLIGENModel]:
-    """``tiny_model(modality="text-box", inpaint=False)`` -> build_model(tiny(...), seed 0), cached.
+    """``tiny_model(modality="text-box", inpaint=False)`` -> build_model(tiny_random(...), seed 0), cached.
 
     The models are shared: do not modify them in a test (copy.deepcopy first).
     """
@@ -33,7 +33,7 @@ def tiny_model() -> Callable[..., GLIGENModel]:
     def get(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) -> GLIGENModel:
         key = (Modality(modality), inpaint)
         if key not in cache:
-            cache[key] = build_model(tiny(*key), seed=0)
+            cache[key] = build_model(tiny_random(*key), seed=0)
         return cache[key]
 
     return get

@@ -31,7 +31,7 @@ def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
     backends = "ort-cpu,tensorrt" if _has_exporter() else "tensorrt"  # no tensorrt on CI: "unavailable"
     out = tmp_path / "results"
     argv = [
-        "bench", "--model", "tiny", "--size", "64", "--steps", "2", "--beta", "0.5", "--repeats", "1",
+        "bench", "--model", "tiny-random", "--size", "64", "--steps", "2", "--beta", "0.5", "--repeats", "1",
         "--warmup", "1", "--backends", backends, "--precisions", "fp32", "--eager-precisions", "fp32",
         "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
         "--out-dir", str(out), "--engine-dir", str(tmp_path / "engines"),
@@ -40,7 +40,7 @@ def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
     lines = (out / "bench.jsonl").read_text().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])  # strict JSON: no NaN / Infinity
-    assert record["key"] == "tiny-text-box-64px-2steps-cpu"
+    assert record["key"] == "tiny-random-text-box-64px-2steps-cpu"
     assert record["command"].startswith("gligen-rt bench --model tiny")
     assert record["env"]["cpu"] and record["env"]["versions"]["torch"]
     labels = {c["label"]: c for c in record["configs"]}
@@ -72,7 +72,7 @@ def test_worker_runs_in_its_own_process(tmp_path: Path) -> None:
     """The isolated path: a worker process measures the machine and writes its JSON result."""
     from gligen_rt.benchmarks.harness import execute
 
-    scenario = Scenario(model="tiny", size=64, steps=2, matmul_size=128)
+    scenario = Scenario(model="tiny-random", size=64, steps=2, matmul_size=128)
     task = {"task": "machine", "scenario": scenario.to_dict(), "config": Config("reference").to_dict()}
     result = execute(task, tmp_path, isolate=True)
     assert result["flops"]["fusers"] > 0 and result["matmul_gflops"]["fp32"] > 0

@@ -33,7 +33,7 @@ from gligen_ref.checkpoint.keys import key_map, model_shapes
 from gligen_ref.checkpoint.original import SD_CONV_IN_FILE, original_sections
 from gligen_ref.checkpoint.safe_pickle import Placeholder, load_torch_file
 from gligen_ref.model import GLIGENModel
-from gligen_rt.core.config import sd14, tiny
+from gligen_rt.core.config import sd14, tiny_random
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.modality import Modality
 from gligen_rt.core.tokenizer import BOS, END_OF_WORD, EOS, ClipTokenizer, bytes_to_unicode, find_bpe_file
@@ -128,7 +128,7 @@ class FakeDictConfig:
 
 @pytest.mark.parametrize(
     "config",
-    [tiny(m, i) for m, i in ORIGINAL_VARIANTS]
+    [tiny_random(m, i) for m, i in ORIGINAL_VARIANTS]
     + [sd14(Modality.TEXT_BOX), sd14(Modality.TEXT_IMAGE_BOX, True), sd14(Modality.HED), sd14(Modality.SEM)],
     ids=lambda c: c.key,
 )

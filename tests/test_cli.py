@@ -18,7 +18,7 @@ from tests.helpers import MODALITY_CASES, case_id, make_request
 BASE = [
     "generate",
     "--model",
-    "tiny",
+    "tiny-random",
     "--prompt",
     "a room",
     "--seed",
@@ -42,7 +42,7 @@ def test_console_script_writes_png_and_overlay(tmp_path) -> None:
         exe,
         "generate",
         "--model",
-        "tiny",
+        "tiny-random",
         "--prompt",
         "a room",
         "--phrase",
@@ -100,7 +100,7 @@ def test_request_file_any_modality(case, tmp_path) -> None:
     args = [
         "generate",
         "--model",
-        "tiny",
+        "tiny-random",
         "--modality",
         modality,
         "--request",
@@ -166,10 +166,10 @@ def test_generate_from_checkpoint_equals_the_preset(layout, tmp_path) -> None:
     """A checkpoint written in a real layout generates the same image as the model it came from."""
     from gligen_ref.checkpoint import save_diffusers, save_original
     from gligen_ref.model import build_model
-    from gligen_rt.core.config import tiny
+    from gligen_rt.core.config import tiny_random
     from gligen_rt.core.tokenizer import ClipTokenizer
 
-    model = build_model(tiny("text-box"), 0)
+    model = build_model(tiny_random("text-box"), 0)
     path = tmp_path / ("gligen.bin" if layout == "original" else "gligen-diffusers")
     if layout == "original":
         save_original(model, path)
@@ -177,6 +177,6 @@ def test_generate_from_checkpoint_equals_the_preset(layout, tmp_path) -> None:
         save_diffusers(model, path, tokenizer=ClipTokenizer.default())
     request = BASE[3:] + ["--phrase", "a cat", "--box", "0.1,0.2,0.5,0.6"]
     assert main(["generate", "--checkpoint", str(path), *request, "--out", str(tmp_path / "ckpt.png")]) == 0
-    assert main(["generate", "--model", "tiny", *request, "--out", str(tmp_path / "preset.png")]) == 0
+    assert main(["generate", "--model", "tiny-random", *request, "--out", str(tmp_path / "preset.png")]) == 0
     a, b = Image.open(tmp_path / "ckpt.png"), Image.open(tmp_path / "preset.png")
     assert a.tobytes() == b.tobytes()

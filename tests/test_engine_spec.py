@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from gligen_rt.core.config import sd14, tiny
+from gligen_rt.core.config import sd14, tiny_random
 from gligen_rt.core.errors import EngineError
 from gligen_rt.core.modality import SPATIAL, Modality
 from gligen_rt.engines.spec import (
@@ -26,7 +26,7 @@ from gligen_rt.engines.spec import (
     trt_profile,
 )
 
-PRESETS = {"tiny": tiny, "sd14": sd14}
+PRESETS = {"tiny-random": tiny_random, "sd14": sd14}
 CASES = [(p, m.value, False) for p in PRESETS for m in Modality] + [
     (p, m, True) for p in PRESETS for m in ("text-box", "text-image-box")
 ]
@@ -167,7 +167,7 @@ def test_trt_profile_and_dynamic_axes():
 
 
 def test_concrete_shapes_and_envelope_errors():
-    spec = specs_for(tiny("hed"))["unet"]  # tiny: height/width (64, 128, 192)
+    spec = specs_for(tiny_random("hed"))["unet"]  # tiny: height/width (64, 128, 192)
     shapes = concrete_shapes(spec, 2, 128, 192)
     assert shapes["sample"] == (2, 4, 16, 24)
     assert shapes["extra"] == (2, 1, 16, 24)
@@ -176,7 +176,7 @@ def test_concrete_shapes_and_envelope_errors():
         with pytest.raises(EngineError) as e:
             concrete_shapes(spec, *bad)
         assert "\n" not in str(e.value) and "envelope" in str(e.value)
-    te = specs_for(tiny("hed"))["text_encoder"]
+    te = specs_for(tiny_random("hed"))["text_encoder"]
     assert concrete_shapes(te, 3, 0, 0) == {
         "input_ids": (3, 77),
         "last_hidden_state": (3, 77, 32),
@@ -185,7 +185,7 @@ def test_concrete_shapes_and_envelope_errors():
 
 
 def test_static_spec():
-    spec = specs_for(tiny())["unet"]
+    spec = specs_for(tiny_random())["unet"]
     assert not is_static(spec)
     st = static(spec, 2, 128, 64)
     assert is_static(st)
@@ -218,7 +218,7 @@ def test_fingerprint_stable_and_sensitive():
     dt = dataclasses.replace(a, inputs=(dataclasses.replace(t0, dtype="int32"),) + a.inputs[1:])
     assert fingerprint(dt) != fingerprint(a)
     # Different models differ; the text encoder does not depend on the image size envelope.
-    assert fingerprint(specs_for(tiny("keypoint"))["unet"]) != fingerprint(a)
+    assert fingerprint(specs_for(tiny_random("keypoint"))["unet"]) != fingerprint(a)
     te1 = specs_for(sd14(), ShapeEnvelope(height=(256, 512, 1024)))["text_encoder"]
     assert fingerprint(te1) == fingerprint(specs_for(sd14())["text_encoder"])
 
@@ -236,7 +236,7 @@ def test_envelope_validation():
         TensorSpec("x", "float32", ("2B",))
     env = ShapeEnvelope.for_config(sd14())
     assert env.height == (256, 512, 768) and env.batch == (1, 1, 4)
-    assert ShapeEnvelope.for_config(tiny()).height == (64, 128, 192)
+    assert ShapeEnvelope.for_config(tiny_random()).height == (64, 128, 192)
     assert ShapeEnvelope.from_dict(env.to_dict()) == env
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from gligen_ref.fuser import GatedSelfAttention
-from gligen_rt.core.config import tiny
+from gligen_rt.core.config import tiny_random
 from gligen_rt.core.modality import Modality
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
@@ -39,7 +39,7 @@ SMALL_DATA = 4 << 20  # external data above 4 MiB: the tiny UNets and text encod
 def _export(tmp: Path, name: str, **kw) -> Path:
     # One thread: on a small shared CI machine two-thread kernels mostly wait on each other.
     return export_engines(
-        "tiny",
+        "tiny-random",
         tmp / name,
         envelope=ENVELOPE,
         progress=False,
@@ -361,7 +361,7 @@ def test_failed_parity_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_export_engine_alone_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Callable):
-    config = tiny("keypoint")
+    config = tiny_random("keypoint")
     spec = S.specs_for(config, ENVELOPE)[S.GROUNDING]
     model = tiny_model("keypoint")
     monkeypatch.setitem(onnx_export.TOLERANCE, "fp32", 0.0)
@@ -386,7 +386,7 @@ def test_refuses_to_replace_a_folder_that_is_not_an_engine_folder(tmp_path: Path
 
 def test_graph_io_mismatch_is_reported(folders: dict[str, Path]):
     d = folders["tb32"]
-    spec = S.specs_for(tiny("text-box"), ENVELOPE)[S.UNET]
+    spec = S.specs_for(tiny_random("text-box"), ENVELOPE)[S.UNET]
     graph = onnx.load(str(d / "unet.onnx"), load_external_data=False)
     graph.graph.input[0].name = "latents"
     graph.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.INT64
@@ -420,7 +420,7 @@ def test_cli_export(tmp_path: Path, capsys: pytest.CaptureFixture):
     argv = [
         "export",
         "--model",
-        "tiny",
+        "tiny-random",
         "--modality",
         "keypoint",
         "--out",

@@ -39,7 +39,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     so both precisions go through the builder (a UNet build takes ~20 s of CPU here, so one folder)."""
     tmp = tmp_path_factory.mktemp("rtx")
     folder = export_engines(
-        "tiny",
+        "tiny-random",
         tmp / "fp16",
         "fp16",
         envelope=ENVELOPE,

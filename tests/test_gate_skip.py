@@ -18,7 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from gligen_rt.core.config import tiny
+from gligen_rt.core.config import tiny_random
 from gligen_rt.engines import spec as S
 from gligen_rt.export.api import export_engines
 from gligen_rt.export.gate_skip import (
@@ -59,7 +59,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     out = {}
     for modality in ("text-box", "hed"):
         folder = export_engines(
-            "tiny",
+            "tiny-random",
             tmp / modality,
             envelope=ENVELOPE,
             modality=modality,
@@ -70,7 +70,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
         )
         out[modality] = {
             "folder": folder,
-            "config": tiny(modality),
+            "config": tiny_random(modality),
             **_transform(folder / "unet.onnx", folder / "unet_gate_skip.onnx"),
         }
     return out
@@ -228,7 +228,7 @@ def test_tensorrt_rtx_builds(fp16_pair: tuple[Path, Path], tmp_path: Path) -> No
     """TensorRT-RTX parses the If graph into conditionals and builds a plan (CPU-only build)."""
     from gligen_rt.engines.tensorrt import build_engine
 
-    spec = S.specs_for(tiny("text-box"), ENVELOPE)[S.UNET]
+    spec = S.specs_for(tiny_random("text-box"), ENVELOPE)[S.UNET]
     plan = build_engine(
         fp16_pair[1],
         spec,
@@ -307,8 +307,8 @@ def test_gate_skip_folder_runs_one_unet_and_gives_the_two_engine_image(tmp_path:
     from gligen_rt.runtime import GligenPipeline
 
     common = dict(envelope=ENVELOPE, modality="text-box", progress=False, threads=1)
-    one = export_engines("tiny", tmp_path / "one", gate_skip=True, **common)
-    two = export_engines("tiny", tmp_path / "two", **common)
+    one = export_engines("tiny-random", tmp_path / "one", gate_skip=True, **common)
+    two = export_engines("tiny-random", tmp_path / "two", **common)
     assert not (one / "unet_plain.onnx").exists() and (two / "unet_plain.onnx").exists()
     assert gate_skip_report(onnx.load(str(one / "unet.onnx"), load_external_data=False))["if_nodes"] == 16
     request = GenerationRequest(

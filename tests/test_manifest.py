@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gligen_rt.core.config import tiny, to_dict
+from gligen_rt.core.config import tiny_random, to_dict
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines import manifest as mf
 from gligen_rt.engines.manifest import (
@@ -38,7 +38,7 @@ def _one_line_error(excinfo: pytest.ExceptionInfo) -> str:
 @pytest.fixture
 def engine_dir(tmp_path: Path) -> Path:
     """An engine folder with a built 'plan' for the tiny UNet: DIR/tensorrt/unet.plan + json."""
-    cfg = tiny()
+    cfg = tiny_random()
     spec = specs_for(cfg)["unet"]
     write_manifest(
         tmp_path / "manifest.json",
@@ -118,7 +118,7 @@ def test_verify_passes(engine_dir: Path):
     m = load_manifest(engine_dir / "tensorrt" / "unet.json")
     verify(
         m,
-        spec=specs_for(tiny())["unet"],
+        spec=specs_for(tiny_random())["unet"],
         library_versions={"tensorrt": "10.3.0", "onnxruntime": "1.32.0"},
         gpu_cc=(8, 9),
         artifact_path=_plan(engine_dir),
@@ -129,7 +129,7 @@ def test_verify_passes(engine_dir: Path):
 
 def test_spec_mismatch(engine_dir: Path):
     m = load_manifest(engine_dir / "tensorrt" / "unet.json")
-    other = static(specs_for(tiny())["unet"], 2, 128, 128)
+    other = static(specs_for(tiny_random())["unet"], 2, 128, 128)
     with pytest.raises(EngineError) as e:
         verify(m, spec=other, artifact_path=_plan(engine_dir))
     msg = _one_line_error(e)
@@ -228,7 +228,7 @@ def test_onnx_manifest_fix_is_reexport(tmp_path: Path):
     onnx = tmp_path / "unet.onnx"
     onnx.write_bytes(b"graph")
     (tmp_path / "unet.onnx.data").write_bytes(b"weights" * 10)
-    spec = specs_for(tiny())["unet"]
+    spec = specs_for(tiny_random())["unet"]
     m = EngineManifest(
         engine="unet",
         backend="onnx",
@@ -238,7 +238,7 @@ def test_onnx_manifest_fix_is_reexport(tmp_path: Path):
         spec_fingerprint=fingerprint(spec),
         spec=spec_to_dict(spec),
         onnx_sha256=onnx_sha256(onnx),
-        model_config=to_dict(tiny()),
+        model_config=to_dict(tiny_random()),
         precision="fp32",
         flavor="fp32",
     )

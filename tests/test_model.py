@@ -11,7 +11,7 @@ from diffusers.models.attention import GatedSelfAttentionDense
 from diffusers.models.embeddings import GLIGENTextBoundingboxProjection
 
 from gligen_ref.model import GLIGENModel, build_model, build_unet
-from gligen_rt.core.config import ModelConfig, tiny
+from gligen_rt.core.config import ModelConfig, tiny_random
 from gligen_rt.core.modality import Modality
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -59,7 +59,7 @@ def _grounded(model: GLIGENModel, inputs: dict, grounding: dict, gate: float = 1
 def test_unet_equals_diffusers_gated_unet(modality: str, inpaint: bool, grounding_inputs) -> None:
     """Same weights -> our grounded UNet == diffusers' UNet2DConditionModel(attention_type="gated") with its
     own fusers and position_net (gate 1), and == diffusers with fusers disabled (gate 0)."""
-    config = tiny(modality, inpaint)
+    config = tiny_random(modality, inpaint)
     config = dataclasses.replace(config, grounding=dataclasses.replace(config.grounding, mlp_hidden=512))
     model = build_model(config, seed=3)
     ref = build_unet(config).eval()
@@ -214,7 +214,7 @@ def test_encoders_and_vae(tiny_model) -> None:
 
 
 def test_build_model_is_deterministic_and_not_identity() -> None:
-    config = tiny(Modality.KEYPOINT)
+    config = tiny_random(Modality.KEYPOINT)
     rng_before = torch.random.get_rng_state()
     a, b = build_model(config, seed=0).state_dict(), build_model(config, seed=0).state_dict()
     assert torch.equal(torch.random.get_rng_state(), rng_before)  # the caller's RNG is untouched

@@ -10,7 +10,7 @@ import torch
 
 from gligen_ref.model import build_model, build_unet
 from gligen_ref.pipeline import ReferencePipeline
-from gligen_rt.core.config import tiny
+from gligen_rt.core.config import tiny_random
 from gligen_rt.core.errors import RequestError
 from gligen_rt.core.noise import NoiseStream
 from gligen_rt.core.request import GenerationRequest, GroundedObject
@@ -31,7 +31,9 @@ def pipes(tokenizer):
 
     def get(modality: str, inpaint: bool) -> ReferencePipeline:
         if (modality, inpaint) not in cache:
-            cache[modality, inpaint] = ReferencePipeline(build_model(tiny(modality, inpaint), 0), tokenizer)
+            cache[modality, inpaint] = ReferencePipeline(
+                build_model(tiny_random(modality, inpaint), 0), tokenizer
+            )
         return cache[modality, inpaint]
 
     return get
@@ -43,7 +45,7 @@ def test_text_box_pipeline_equals_diffusers(tmp_path, tokenizer) -> None:
     from diffusers.pipelines.deprecated.stable_diffusion_gligen import StableDiffusionGLIGENPipeline
     from transformers import CLIPTokenizer
 
-    config = tiny("text-box")
+    config = tiny_random("text-box")
     # diffusers' grounding MLP is 512 wide; give the tiny model that width so weights transfer.
     config = dataclasses.replace(config, grounding=dataclasses.replace(config.grounding, mlp_hidden=512))
     model = build_model(config, seed=3)

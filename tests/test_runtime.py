@@ -179,7 +179,9 @@ def test_tiny_reuses_the_cached_folder(
         raise AssertionError("the tiny engines were exported again")
 
     monkeypatch.setattr(api, "export_engines", no_export)
-    with GligenPipeline.tiny("text-box", backend="ort-cpu", cache_dir=cache_root(tmp_path_factory)) as p:
+    with GligenPipeline.tiny_random(
+        "text-box", backend="ort-cpu", cache_dir=cache_root(tmp_path_factory)
+    ) as p:
         assert p.folder.path == folder
 
 
@@ -249,7 +251,7 @@ def test_sizes_outside_the_envelope(pipe: GligenPipeline, images: dict[str, str]
 def test_unreadable_images_and_maps(tmp_path: Path, images: dict[str, str]) -> None:
     """Reference image, condition map, image to inpaint: an unreadable file is one RequestError
     line before any engine runs (runtime/inputs.py)."""
-    from gligen_rt.core.config import tiny
+    from gligen_rt.core.config import tiny_random
     from gligen_rt.runtime.inputs import read_inputs
 
     bad = tmp_path / "bad.png"
@@ -266,7 +268,7 @@ def test_unreadable_images_and_maps(tmp_path: Path, images: dict[str, str]) -> N
     for modality, inpaint, changes in cases:
         req = request_for(modality, inpaint, images, **changes)
         with pytest.raises(RequestError, match="bad.png") as e:
-            read_inputs(req, tiny(modality, inpaint), SIZE, SIZE)
+            read_inputs(req, tiny_random(modality, inpaint), SIZE, SIZE)
         _one_line(e.value)
 
 
@@ -352,7 +354,9 @@ def test_cli_generate_tiny_and_missing_engines(
         "--width",
         "64",
     ]
-    assert _cli(["generate", "--model", "tiny", "--backend", "ort-cpu", *common, "--out", str(out)]) == 0
+    assert (
+        _cli(["generate", "--model", "tiny-random", "--backend", "ort-cpu", *common, "--out", str(out)]) == 0
+    )
     assert out.is_file()
     capsys.readouterr()
     missing = tmp_path / "missing.png"
@@ -385,5 +389,14 @@ def test_inspect(folder: Path, capsys) -> None:
     args = parser.parse_args(["inspect", str(folder)])
     assert args.func(args) == 0
     text = capsys.readouterr().out
-    for needle in ("tiny", "text-box", "fp32", "unet_plain", "in  sample", "out eps", "parity", "envelope"):
+    for needle in (
+        "tiny-random",
+        "text-box",
+        "fp32",
+        "unet_plain",
+        "in  sample",
+        "out eps",
+        "parity",
+        "envelope",
+    ):
         assert needle in text, needle

@@ -53,7 +53,7 @@ def engine_folder(
     plain: bool = True,
     precision: str = "fp32",
 ) -> Path:
-    """The tiny engine folder of build_model(tiny(modality, inpaint), 0), exported once per session."""
+    """The tiny engine folder of build_model(tiny_random(modality, inpaint), 0), exported once per session."""
     from gligen_rt.runtime.tiny import tiny_engines
 
     return tiny_engines(
@@ -65,10 +65,10 @@ def reference(modality: str, inpaint: bool = False) -> Any:
     """gligen_ref's ReferencePipeline on the same weights as the tiny engine folders (seed 0)."""
     from gligen_ref.model import build_model
     from gligen_ref.pipeline import ReferencePipeline
-    from gligen_rt.core.config import tiny
+    from gligen_rt.core.config import tiny_random
     from gligen_rt.core.tokenizer import ClipTokenizer
 
-    return ReferencePipeline(build_model(tiny(modality, inpaint), 0), ClipTokenizer.default())
+    return ReferencePipeline(build_model(tiny_random(modality, inpaint), 0), ClipTokenizer.default())
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

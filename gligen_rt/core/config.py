@@ -1,6 +1,6 @@
 """Model configurations (torch-free: the reference, export, engines and runtime all read them): frozen dataclasses for the real SD-1.4 GLIGEN size and a tiny one.
 
-`sd14(modality)` is the architecture of every released checkpoint. `tiny(modality)` keeps the same
+`sd14(modality)` is the architecture of every released checkpoint. `tiny_random(modality)` keeps the same
 structure (4 UNet levels, 2 res blocks per level, attention on the first three levels, a mid-block
 fuser, the same grounding token counts, a 4-level VAE with factor 8, CLIP text/vision transformers)
 with small widths, so every modality runs on a CPU in seconds. `tiny` built from a fixed seed is
@@ -152,7 +152,7 @@ class ModelConfig:
 
     @property
     def key(self) -> str:
-        """Short identifier, e.g. 'tiny-text-box' or 'sd14-inpaint-text-image-box'."""
+        """Short identifier, e.g. 'tiny-random-text-box' or 'sd14-inpaint-text-image-box'."""
         return f"{self.name}-{'inpaint-' if self.inpaint else ''}{self.modality.value}"
 
 
@@ -163,7 +163,7 @@ def sd14(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) ->
     return ModelConfig(name="sd14", modality=modality, inpaint=inpaint, image=image)
 
 
-def tiny(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) -> ModelConfig:
+def tiny_random(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) -> ModelConfig:
     """Same structure as sd14 with small widths: for tests and the embedded default model."""
     modality = Modality(modality)
     image = (
@@ -180,7 +180,7 @@ def tiny(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) ->
         else None
     )
     return ModelConfig(
-        name="tiny",
+        name="tiny-random",
         modality=modality,
         inpaint=inpaint,
         unet=UNetConfig(block_out_channels=(32, 32, 64, 64), cross_attention_dim=32),
@@ -196,7 +196,7 @@ def tiny(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) ->
     )
 
 
-PRESETS = {"sd14": sd14, "tiny": tiny}
+PRESETS = {"sd14": sd14, "tiny-random": tiny_random}
 
 
 def preset(name: str, modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) -> ModelConfig:
