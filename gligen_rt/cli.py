@@ -246,11 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     from gligen_rt.engines.build import register as register_build
     from gligen_rt.export.cli import register as register_export
     from gligen_rt.runtime.cli import register_inspect
+    from gligen_rt.serve.cli import register as register_serve
 
     register_export(sub)
     register_build(sub)
     register_bench(sub)
     register_inspect(sub)
+    register_serve(sub)
     return parser
 
 

@@ -26,11 +26,11 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, desc="denoising", unit="step", leave=False, disable=not sys.stderr.isatty())
 
 
-def run_generate(args: argparse.Namespace, request: GenerationRequest) -> Any:
-    """`gligen-rt generate --engines DIR | --model tiny [--backend B]` -> GenerationResult.
+def open_pipeline(args: argparse.Namespace) -> Any:
+    """The GligenPipeline that `--engines DIR | --model NAME [--modality M] [--inpaint]
+    [--backend B] [--single-unet]` name (shared by `generate` and `serve`).
 
-    Raises one-line GligenErrors (bad request, engine folder, backend missing, NaN); nothing is
-    written here.
+    Raises one-line GligenErrors (engine folder, backend missing, a model without engines).
     """
     from .pipeline import GligenPipeline
 
@@ -42,18 +42,23 @@ def run_generate(args: argparse.Namespace, request: GenerationRequest) -> Any:
         )
     single = bool(getattr(args, "single_unet", False))
     if args.engines is not None:
-        pipe = GligenPipeline.from_engines(args.engines, backend, single_unet=single)
-    else:
-        from gligen_rt.cli import resolve_model
+        return GligenPipeline.from_engines(args.engines, backend, single_unet=single)
+    from gligen_rt.cli import resolve_model
 
-        if resolve_model(args.model) != "tiny-random":
-            raise RequestError(
-                f"--model {args.model} has no embedded engines: export it and pass --engines DIR"
-            )
-        pipe = GligenPipeline.tiny_random(
-            args.modality or "text-box", bool(args.inpaint), backend, single_unet=single
-        )
-    with pipe:
+    if resolve_model(args.model) != "tiny-random":
+        raise RequestError(f"--model {args.model} has no embedded engines: export it and pass --engines DIR")
+    return GligenPipeline.tiny_random(
+        args.modality or "text-box", bool(getattr(args, "inpaint", False)), backend, single_unet=single
+    )
+
+
+def run_generate(args: argparse.Namespace, request: GenerationRequest) -> Any:
+    """`gligen-rt generate --engines DIR | --model tiny [--backend B]` -> GenerationResult.
+
+    Raises one-line GligenErrors (bad request, engine folder, backend missing, NaN); nothing is
+    written here.
+    """
+    with open_pipeline(args) as pipe:
         pipe.check_request(request)
         log.info("request: %s", request)
         bar = _progress(request.steps)
