@@ -248,11 +248,18 @@ def build_parser() -> argparse.ArgumentParser:
     from gligen_rt.runtime.cli import register_inspect
     from gligen_rt.serve.cli import register as register_serve
 
+    try:  # the training stages need the reference package (absent in a runtime-only install)
+        from gligen_ref.train.cli import register as register_train
+    except ImportError:
+        register_train = None
+
     register_export(sub)
     register_build(sub)
     register_bench(sub)
     register_inspect(sub)
     register_serve(sub)
+    if register_train is not None:
+        register_train(sub)
     return parser
 
 

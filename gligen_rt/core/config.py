@@ -196,7 +196,33 @@ def tiny_random(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = Fa
     )
 
 
-PRESETS = {"sd14": sd14, "tiny-random": tiny_random}
+def tiny(modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) -> ModelConfig:
+    """The trained tiny model's architecture (weights: gligen_rt/models/tiny, see its README.md).
+
+    SD-1.4's structure at 128 px: a 4-level KL VAE with factor 8 (16x16 latents), a 4-level UNet with
+    cross-attention on the first three levels, a CLIP-style text encoder on CLIP's BPE vocabulary.
+    """
+    modality = Modality(modality)
+    base = tiny_random(modality, inpaint)
+    return dataclasses.replace(
+        base,
+        name="tiny",
+        unet=UNetConfig(
+            block_out_channels=(32, 48, 64, 64),
+            layers_per_block=1,
+            heads=2,
+            cross_attention_dim=64,
+            norm_num_groups=16,
+        ),
+        vae=VAEConfig(block_out_channels=(16, 32, 64, 64), layers_per_block=1, norm_num_groups=8),
+        text=TextEncoderConfig(
+            hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4
+        ),
+        grounding=dataclasses.replace(base.grounding, mlp_hidden=128),
+    )
+
+
+PRESETS = {"sd14": sd14, "tiny-random": tiny_random, "tiny": tiny}
 
 
 def preset(name: str, modality: Modality | str = Modality.TEXT_BOX, inpaint: bool = False) -> ModelConfig:

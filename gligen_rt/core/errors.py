@@ -31,3 +31,7 @@ class BackendUnavailable(GligenError):
 
 class NumericalError(GligenError):
     """NaN or Inf appeared in latents or outputs."""
+
+
+class DataError(GligenError):
+    """A training data folder is missing, unreadable, or holds an invalid image, box or phrase."""
