@@ -335,19 +335,23 @@ u32 collapse_space(const u32& s, bool (*is_space)(char32_t)) {
 
 // -- html.unescape (Python's html module) --------------------------------------------------------
 
-u32 replace_charref(const u32& body) {
+u32 replace_charref(const u32& body, bool* exact) {
   const Tables& t = tables();
   if (body[0] == '#') {
     const bool hex = body.size() > 1 && (body[1] == 'x' || body[1] == 'X');
     uint64_t num = 0;
     bool overflow = false;
+    size_t digits = 0;
     for (size_t i = hex ? 2 : 1; i < body.size() && body[i] != ';'; ++i) {
       const char32_t c = body[i];
       const uint64_t digit =
           c <= '9' ? c - '0' : (c >= 'a' ? c - 'a' + 10 : c - 'A' + 10);
       num = num * (hex ? 16 : 10) + digit;
       if (num > 0x10FFFF) overflow = true, num = 0x110000;
+      ++digits;
     }
+    // Python's int() refuses decimal strings over 4300 digits (ValueError): not reproduced
+    if (!hex && digits > 4300 && exact) *exact = false;
     if (!overflow) {
       auto it = t.invalid_charrefs.find(static_cast<char32_t>(num));
       if (it != t.invalid_charrefs.end()) return u32(1, it->second);
@@ -370,7 +374,7 @@ bool is_hex(char32_t c) {
   return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
-u32 html_unescape(const u32& s) {
+u32 html_unescape(const u32& s, bool* exact = nullptr) {
   if (s.find(U'&') == u32::npos) return s;
   u32 out;
   out.reserve(s.size());
@@ -411,7 +415,7 @@ u32 html_unescape(const u32& s) {
       ++i;
       continue;
     }
-    out += replace_charref(s.substr(j, end - j));
+    out += replace_charref(s.substr(j, end - j), exact);
     i = end;
   }
   return out;
@@ -559,17 +563,336 @@ u32 remove_control_chars(const u32& s) {
   return out;
 }
 
-// ftfy.fix_and_explain(segment) without explanations; `exact` is cleared where fix_encoding
-// would have attempted its mojibake repair
-u32 ftfy_fix_segment(u32 text, bool unescape, bool& exact) {
+// -- ftfy.fix_encoding (default configuration): mojibake repair -----------------------------------
+
+using Bytes = std::string;
+
+struct Charmap {
+  std::unordered_map<char32_t, unsigned char> encode;  // bytes >= 0x80 and 0x1A
+};
+
+const std::vector<Charmap>& charmaps() {
+  static const std::vector<Charmap> maps = [] {
+    std::vector<Charmap> m(ct::kCharmapCount);
+    for (int e = 0; e < ct::kCharmapCount; ++e) {
+      for (int b = 0x80; b < 0x100; ++b) m[e].encode.emplace(ct::kCharmapDecode[e][b], static_cast<unsigned char>(b));
+      m[e].encode.emplace(ct::kCharmapDecode[e][0x1A], 0x1A);
+    }
+    return m;
+  }();
+  return maps;
+}
+
+// chardata.possible_encoding: ^[\x00-\x19\x1b-\x7f{chars of bytes 0x80-0xff and 0x1a}]*$
+bool possible_encoding(const u32& text, int enc) {
+  const Charmap& m = charmaps()[enc];
+  for (char32_t c : text) {
+    if ((c < 0x80 && c != 0x1A) || m.encode.count(c)) continue;
+    return false;
+  }
+  return true;
+}
+
+Bytes encode_charmap(const u32& text, int enc) {
+  const Charmap& m = charmaps()[enc];
+  Bytes out;
+  out.reserve(text.size());
+  for (char32_t c : text) {
+    out.push_back(static_cast<char>(c < 0x80 && c != 0x1A ? static_cast<unsigned char>(c) : m.encode.at(c)));
+  }
+  return out;
+}
+
+using BytePred = bool (*)(unsigned char);
+bool b_cont(unsigned char b) { return b >= 0x80 && b <= 0xBF; }
+bool b_space(unsigned char b) { return b == 0x20; }
+bool b_low(unsigned char b) {  // [\x80-\x84\x86-\x9f\xa1-\xbf]
+  return (b >= 0x80 && b <= 0x84) || (b >= 0x86 && b <= 0x9F) || (b >= 0xA1 && b <= 0xBF);
+}
+bool b_lead2_a0(unsigned char b) {
+  return b == 0xC2 || b == 0xC3 || b == 0xC5 || b == 0xCE || b == 0xD0 || b == 0xD9;
+}
+bool b_e2e3(unsigned char b) { return b == 0xE2 || b == 0xE3; }
+bool b_e0e3(unsigned char b) { return b >= 0xE0 && b <= 0xE3; }
+bool b_f0(unsigned char b) { return b == 0xF0; }
+bool b_c2df(unsigned char b) { return b >= 0xC2 && b <= 0xDF; }
+bool b_c2c3(unsigned char b) { return b == 0xC2 || b == 0xC3; }
+bool b_1a(unsigned char b) { return b == 0x1A; }
+bool b_q(unsigned char b) { return b == '?'; }
+bool b_1a_q(unsigned char b) { return b == 0x1A || b == '?'; }
+bool b_1a_cont(unsigned char b) { return b == 0x1A || b_cont(b); }
+bool b_1a_q_cont(unsigned char b) { return b == 0x1A || b == '?' || b_cont(b); }
+bool b_ed(unsigned char b) { return b == 0xED; }
+bool b_a0af(unsigned char b) { return b >= 0xA0 && b <= 0xAF; }
+bool b_b0bf(unsigned char b) { return b >= 0xB0 && b <= 0xBF; }
+bool b_e0ef(unsigned char b) { return b >= 0xE0 && b <= 0xEF; }
+bool b_f0f4(unsigned char b) { return b >= 0xF0 && b <= 0xF4; }
+
+using BytePattern = std::vector<BytePred>;
+
+// Length of the first alternative (in order) matching at i, or 0 (Python's ordered alternation).
+size_t match_alternatives(const std::vector<BytePattern>& alts, const Bytes& b, size_t i) {
+  for (const BytePattern& p : alts) {
+    if (i + p.size() > b.size()) continue;
+    size_t k = 0;
+    while (k < p.size() && p[k](static_cast<unsigned char>(b[i + k]))) ++k;
+    if (k == p.size()) return k;
+  }
+  return 0;
+}
+
+const std::vector<BytePattern>& altered_utf8() {  // chardata.ALTERED_UTF8_RE
+  static const std::vector<BytePattern> alts = {
+      {b_lead2_a0, b_space},
+      {b_e2e3, b_space, b_low},
+      {b_e0e3, b_low, b_space},
+      {b_f0, b_space, b_cont, b_cont},
+      {b_f0, b_cont, b_space, b_cont},
+      {b_f0, b_cont, b_cont, b_space},
+  };
+  return alts;
+}
+
+const std::vector<BytePattern>& lossy_utf8() {  // chardata.LOSSY_UTF8_RE
+  static const std::vector<BytePattern> alts = {
+      {b_c2df, b_1a},
+      {b_c2c3, b_q},
+      {b_ed, b_a0af, b_1a_q, b_ed, b_b0bf, b_1a_q_cont},
+      {b_ed, b_a0af, b_1a_q_cont, b_ed, b_b0bf, b_1a_q},
+      {b_e0ef, b_1a_q, b_1a_cont},
+      {b_e0ef, b_1a_cont, b_1a_q},
+      {b_f0f4, b_1a_q, b_1a_cont, b_1a_cont},
+      {b_f0f4, b_1a_cont, b_1a_q, b_1a_cont},
+      {b_f0f4, b_1a_cont, b_1a_cont, b_1a_q},
+      {b_1a},
+  };
+  return alts;
+}
+
+bool search_alternatives(const std::vector<BytePattern>& alts, const Bytes& b) {
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (match_alternatives(alts, b, i)) return true;
+  }
+  return false;
+}
+
+// fixes.restore_byte_a0
+Bytes restore_byte_a0(const Bytes& in) {
+  // A_GRAVE_WORD_RE = b"\xc3 (?! |quele|quela|quilo|s )" -> b"\xc3\xa0 "
+  Bytes b;
+  b.reserve(in.size() + 4);
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (static_cast<unsigned char>(in[i]) == 0xC3 && i + 1 < in.size() && in[i + 1] == ' ') {
+      const Bytes rest = in.substr(i + 2, 6);
+      const bool excluded = rest.rfind(" ", 0) == 0 || rest.rfind("quele", 0) == 0 ||
+                            rest.rfind("quela", 0) == 0 || rest.rfind("quilo", 0) == 0 ||
+                            rest.rfind("s ", 0) == 0;
+      if (!excluded) {
+        b += "\xc3\xa0 ";
+        ++i;
+        continue;
+      }
+    }
+    b.push_back(in[i]);
+  }
+  Bytes out;
+  out.reserve(b.size());
+  for (size_t i = 0; i < b.size();) {
+    const size_t len = match_alternatives(altered_utf8(), b, i);
+    if (len == 0) {
+      out.push_back(b[i++]);
+      continue;
+    }
+    for (size_t k = 0; k < len; ++k) out.push_back(b[i + k] == ' ' ? '\xa0' : b[i + k]);
+    i += len;
+  }
+  return out;
+}
+
+// fixes.replace_lossy_sequences
+Bytes replace_lossy_sequences(const Bytes& b) {
+  Bytes out;
+  out.reserve(b.size());
+  for (size_t i = 0; i < b.size();) {
+    const size_t len = match_alternatives(lossy_utf8(), b, i);
+    if (len == 0) {
+      out.push_back(b[i++]);
+    } else {
+      out += "\xef\xbf\xbd";
+      i += len;
+    }
+  }
+  return out;
+}
+
+// Python's strict UTF-8 decoder; with `variants`, ftfy's utf-8-variants (C0 80 -> U+0000 and
+// CESU-8 surrogate pairs -> one character). False on any error.
+bool decode_utf8_strict(const Bytes& s, bool variants, u32& out) {
+  out.clear();
+  const size_t n = s.size();
+  auto at = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  for (size_t i = 0; i < n;) {
+    const unsigned char b0 = at(i);
+    if (b0 < 0x80) {
+      out.push_back(b0);
+      ++i;
+      continue;
+    }
+    if (variants && b0 == 0xC0 && i + 1 < n && at(i + 1) == 0x80) {
+      out.push_back(0);
+      i += 2;
+      continue;
+    }
+    if (variants && b0 == 0xED && i + 1 < n && at(i + 1) >= 0xA0) {
+      // CESU8_RE at i (b"$" also matches before a final newline, hence the last case)
+      const size_t rem = n - i;
+      if (rem < 6) return false;
+      const bool last_ok = b_cont(at(i + 5)) || (rem == 6 && at(i + 5) == '\n');
+      if (b_a0af(at(i + 1)) && b_cont(at(i + 2)) && at(i + 3) == 0xED && b_b0bf(at(i + 4)) && last_ok) {
+        out.push_back(((at(i + 1) & 0x0F) << 16) + ((at(i + 2) & 0x3F) << 10) + ((at(i + 4) & 0x0F) << 6) +
+                      (at(i + 5) & 0x3F) + 0x10000);
+        i += 6;
+        continue;
+      }
+      return false;
+    }
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;
+    char32_t cp;
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+      len = 2, cp = b0 & 0x1F;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+      len = 3, cp = b0 & 0x0F;
+      if (b0 == 0xE0) lo = 0xA0;
+      if (b0 == 0xED) hi = 0x9F;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+      len = 4, cp = b0 & 0x07;
+      if (b0 == 0xF0) lo = 0x90;
+      if (b0 == 0xF4) hi = 0x8F;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    const unsigned char b1 = at(i + 1);
+    if (b1 < lo || b1 > hi) return false;
+    cp = (cp << 6) | (b1 & 0x3F);
+    for (size_t k = 2; k < len; ++k) {
+      if (!b_cont(at(i + k))) return false;
+      cp = (cp << 6) | (at(i + k) & 0x3F);
+    }
+    out.push_back(cp);
+    i += len;
+  }
+  return true;
+}
+
+bool is_ascii(const u32& s) {
+  for (char32_t c : s) {
+    if (c >= 0x80) return false;
+  }
+  return true;
+}
+
+u32 fix_encoding(const u32& text);
+
+// fixes.decode_inconsistent_utf8: UTF8_DETECTOR_RE.sub(fix_embedded_mojibake, text)
+size_t utf8_detector_match(const u32& t, size_t p) {
+  if (p > 0 && in_ranges(ct::kUtf8ContinuationStrict, t[p - 1])) return 0;
+  auto cont = [&](size_t k) { return k < t.size() && in_ranges(ct::kUtf8Continuation, t[k]); };
+  size_t q = p;
+  for (;;) {
+    if (q < t.size() && in_ranges(ct::kUtf8FirstOf2, t[q]) && cont(q + 1)) {
+      q += 2;
+    } else if (q < t.size() && in_ranges(ct::kUtf8FirstOf3, t[q]) && cont(q + 1) && cont(q + 2)) {
+      q += 3;
+    } else if (q < t.size() && in_ranges(ct::kUtf8FirstOf4, t[q]) && cont(q + 1) && cont(q + 2) &&
+               cont(q + 3)) {
+      q += 4;
+    } else {
+      break;
+    }
+  }
+  return q - p;
+}
+
+bool utf8_detector_search(const u32& t) {
+  for (size_t p = 0; p < t.size(); ++p) {
+    if (utf8_detector_match(t, p)) return true;
+  }
+  return false;
+}
+
+u32 decode_inconsistent_utf8(const u32& text) {
+  u32 out;
+  for (size_t p = 0; p < text.size();) {
+    const size_t len = utf8_detector_match(text, p);
+    if (len == 0) {
+      out.push_back(text[p++]);
+      continue;
+    }
+    const u32 sub = text.substr(p, len);
+    out += sub.size() < text.size() && is_bad(sub) ? fix_encoding(sub) : sub;
+    p += len;
+  }
+  return out;
+}
+
+// ftfy._fix_encoding_one_step_and_explain
+u32 fix_encoding_one_step(const u32& text) {
+  if (text.empty() || is_ascii(text) || !is_bad(text)) return text;
+  bool latin1_possible = false;
+  for (int enc = 0; enc < ct::kCharmapCount; ++enc) {
+    if (!possible_encoding(text, enc)) continue;
+    if (enc == ct::kCharmapLatin1) latin1_possible = true;
+    Bytes encoded = encode_charmap(text, enc);
+    if (enc != ct::kCharmapMacRoman && search_alternatives(altered_utf8(), encoded)) {
+      encoded = restore_byte_a0(encoded);
+    }
+    if (ct::kCharmapSloppy[enc]) encoded = replace_lossy_sequences(encoded);
+    const bool variants = encoded.find('\xed') != Bytes::npos || encoded.find('\xc0') != Bytes::npos;
+    u32 fixed;
+    if (decode_utf8_strict(encoded, variants, fixed)) return fixed;
+  }
+  if (utf8_detector_search(text)) {
+    const u32 fixed = decode_inconsistent_utf8(text);
+    if (fixed != text) return fixed;
+  }
+  if (latin1_possible) {
+    // text.encode("latin-1").decode("windows-1252") (strict; the list never holds "windows-1252")
+    u32 fixed;
+    bool ok = true;
+    for (char32_t c : text) {
+      const uint32_t d = c < 0x100 ? ct::kWindows1252Strict[c] : 0xFFFFFFFFu;
+      if (d == 0xFFFFFFFFu) {
+        ok = false;
+        break;
+      }
+      fixed.push_back(d);
+    }
+    if (ok && fixed != text) return fixed;
+  }
+  bool c1 = false;
+  for (char32_t c : text) c1 = c1 || (c >= 0x80 && c <= 0x9F);
+  if (c1) return fix_c1_controls(text);
+  return text;
+}
+
+u32 fix_encoding(const u32& text) {
+  u32 cur = text;
+  for (;;) {
+    u32 next = fix_encoding_one_step(cur);
+    if (next == cur) return cur;
+    cur = std::move(next);
+  }
+}
+
+// ftfy.fix_and_explain(segment) without explanations
+u32 ftfy_fix_segment(u32 text, bool unescape) {
   const Tables& t = tables();
   for (;;) {
     const u32 orig = text;
     if (unescape) text = ftfy_unescape_html(text);
-    // fix_encoding: ASCII text and text without mojibake signs are returned unchanged
-    bool ascii = true;
-    for (char32_t c : text) ascii = ascii && c < 0x80;
-    if (!text.empty() && !ascii && is_bad(text)) exact = false;
+    text = fix_encoding(text);
     text = fix_c1_controls(text);
     text = translate(text, t.ligatures);
     text = translate(text, t.width);
@@ -584,7 +907,7 @@ u32 ftfy_fix_segment(u32 text, bool unescape, bool& exact) {
 
 constexpr size_t kMaxDecodeLength = 1000000;
 
-u32 ftfy_fix_text(const u32& text, bool& exact) {
+u32 ftfy_fix_text(const u32& text) {
   u32 out;
   bool unescape = true;  // unescape_html="auto": off from the first segment holding '<'
   size_t pos = 0;
@@ -594,15 +917,15 @@ u32 ftfy_fix_text(const u32& text, bool& exact) {
     if (brk - pos > kMaxDecodeLength) brk = pos + kMaxDecodeLength;
     const u32 segment = text.substr(pos, brk - pos);
     if (unescape && segment.find(U'<') != u32::npos) unescape = false;
-    out += ftfy_fix_segment(segment, unescape, exact);
+    out += ftfy_fix_segment(segment, unescape);
     pos = brk;
   }
   return out;
 }
 
 u32 clean(const u32& text, bool& exact) {
-  u32 s = ftfy_fix_text(text, exact);
-  s = py_strip(html_unescape(html_unescape(s)));
+  u32 s = ftfy_fix_text(text);
+  s = py_strip(html_unescape(html_unescape(s, &exact), &exact));
   return py_lower(py_strip(collapse_space(s, py_space)));
 }
 

@@ -27,6 +27,10 @@ import sys
 import tempfile
 import unicodedata
 
+import ftfy
+import ftfy.bad_codecs  # noqa: F401  (registers the sloppy-windows-* codecs used for mojibake)
+from ftfy.badness import is_bad
+
 from gligen_rt.core.errors import CheckpointError
 from gligen_rt.core.tokenizer import MAX_LENGTH, ClipTokenizer
 
@@ -215,7 +219,69 @@ SNIPPETS = [
     "µ",
 ]
 
-MOJIBAKE = ["cafÃ©", "Ã¼ber", "â€œquotedâ€\x9d", "donâ€™t", "\x80\x81", "Ã\xa0 la", "Â£5"]
+MOJIBAKE = [
+    "cafÃ©",
+    "Ã¼ber",
+    "â€œquotedâ€\x9d",
+    "donâ€™t",
+    "\x80\x81",
+    "Ã\xa0 la",
+    "Â£5",
+    "Ã la mode",
+    "voilÃ le travail",
+    "Ã\x80\x80",
+    "Ã€",
+    "Ã\x80",
+    "âœ” No problems",
+    "sÃ³",
+    "ð\x9f\x98\x80",
+    "Ã¢â‚¬â„¢",
+    "РґРѕР±СЂРѕ",
+    "Î±Î²Î³",
+    "ÐŸÑ€Ð¸Ð²ÐµÑ‚",
+    "Ã¤Ã¶Ã¼",
+    "Ã\x83Â©",
+    "CafÃ?",
+    "Ã?",
+]
+# encodings whose misreading of UTF-8 produces the mojibake ftfy repairs
+MOJIBAKE_ENCODINGS = [
+    "latin-1",
+    "windows-1252",
+    "sloppy-windows-1252",
+    "sloppy-windows-1251",
+    "sloppy-windows-1250",
+    "sloppy-windows-1253",
+    "sloppy-windows-1254",
+    "sloppy-windows-1257",
+    "iso-8859-2",
+    "macroman",
+    "cp437",
+]
+
+
+def mojibake(rng: random.Random, text: str) -> str:
+    """`text` as UTF-8 bytes misread in a single-byte encoding, sometimes damaged further."""
+    data = text.encode("utf-8", "surrogatepass")
+    out = data.decode(rng.choice(MOJIBAKE_ENCODINGS), errors="replace")
+    r = rng.random()
+    if r < 0.15:
+        out = out.replace("\xa0", " ")  # a no-break space turned into a space
+    elif r < 0.25:
+        out = out.replace("\ufffd", "?")
+    elif r < 0.35:  # twice misread
+        out = out.encode("utf-8").decode(rng.choice(MOJIBAKE_ENCODINGS), errors="replace")
+    elif r < 0.45:  # only part of the text misread
+        cut = rng.randint(0, len(text))
+        out = text[:cut] + mojibake(rng, text[cut:]) if text[cut:] else out
+    return out
+
+
+def cesu8(text: str) -> bytes:
+    """CESU-8: characters outside the BMP as two UTF-8-encoded surrogates."""
+    units = text.encode("utf-16-le")
+    chars = [int.from_bytes(units[i : i + 2], "little") for i in range(0, len(units), 2)]
+    return "".join(chr(c) for c in chars).encode("utf-8", "surrogatepass")
 
 
 def assigned_codepoints() -> list[int]:
@@ -262,9 +328,18 @@ def make_prompts(count: int, seed: int = 1234) -> list[str]:
         elif kind < 0.92:  # entity / whitespace / punctuation soup
             pieces = [rng.choice(SNIPPETS[50:]) for _ in range(rng.randint(1, 12))]
             prompts.append(rng.choice(["", " ", "x"]).join(pieces))
-        else:  # mojibake-like and mixed
+        elif kind < 0.93:  # mojibake-like and mixed
             pieces = [rng.choice(MOJIBAKE + SNIPPETS) for _ in range(rng.randint(1, 6))]
             prompts.append(" ".join(pieces))
+        elif kind < 0.985:  # generated mojibake of snippets and prompt text
+            pieces = [rng.choice(SNIPPETS) for _ in range(rng.randint(1, 4))]
+            pieces += [rng.choice(WORDS) for _ in range(rng.randint(0, 4))]
+            rng.shuffle(pieces)
+            prompts.append(mojibake(rng, " ".join(pieces)))
+        else:  # CESU-8 and Java's modified UTF-8 misread
+            text = " ".join(rng.choice(SNIPPETS[23:35] + WORDS[:5]) for _ in range(rng.randint(1, 4)))
+            data = cesu8(text) if rng.random() < 0.7 else text.encode("utf-8") + b"\xc0\x80x"
+            prompts.append(data.decode(rng.choice(MOJIBAKE_ENCODINGS[:3]), errors="replace"))
     return prompts[:count]
 
 
@@ -284,7 +359,12 @@ def write(out_dir: str, count: int) -> str:
             fh.write(struct.pack("<I", len(data)) + data)
             fh.write(struct.pack(f"<I{len(ids)}i", len(ids), *ids))
             fh.write(struct.pack(f"<{MAX_LENGTH}i", *[int(v) for v in padded]))
-    print(f"wrote {len(prompts)} prompts to {path}", flush=True)
+    repaired = sum(
+        1 for p in prompts if is_bad(p) and ftfy.fix_text(p) != ftfy.fix_text(p, fix_encoding=False)
+    )
+    print(
+        f"wrote {len(prompts)} prompts to {path} ({repaired} changed by ftfy's mojibake repair)", flush=True
+    )
     return out_dir
 
 

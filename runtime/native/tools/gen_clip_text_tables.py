@@ -247,12 +247,62 @@ def html_tables():
     return html5, ftfy_entities, invalid_charrefs, invalid_codepoints
 
 
+def charclass(body: str) -> list[tuple[int, int]]:
+    """Code points of the regex character class ``[body]`` as Python parses it."""
+    cps: set[int] = set()
+    ((op, items),) = sre_parse.parse(f"[{body}]")
+    assert op is sc.IN
+    for o, a in items:
+        if o is sc.LITERAL:
+            cps.add(a)
+        elif o is sc.RANGE:
+            cps.update(range(a[0], a[1] + 1))
+        else:
+            raise ValueError(f"unsupported class item {o}")
+    return ranges(cps)
+
+
+UTF8_DETECTOR_TEMPLATE = """
+    (?<! [{utf8_continuation_strict}])
+    (
+        [{utf8_first_of_2}] [{utf8_continuation}]
+        |
+        [{utf8_first_of_3}] [{utf8_continuation}]{{2}}
+        |
+        [{utf8_first_of_4}] [{utf8_continuation}]{{3}}
+    )+
+    """
+
+
+def encoding_tables():
+    """ftfy's single-byte encodings (fix_encoding tries them in this order) and strict windows-1252."""
+    decode = []
+    for enc in chardata.CHARMAP_ENCODINGS:
+        table = bytes(range(256)).decode(enc)
+        for b in range(256):
+            if b < 0x80 and b != 0x1A:
+                assert table[b] == chr(b), f"{enc} is not ASCII-compatible"
+            else:
+                assert table[b].encode(enc) == bytes([b]), f"{enc} does not round-trip byte {b:#x}"
+        decode.append([ord(c) for c in table])
+    strict = []
+    for b in range(256):
+        try:
+            strict.append(ord(bytes([b]).decode("windows-1252")))
+        except UnicodeDecodeError:
+            strict.append(0xFFFFFFFF)
+    assert chardata.UTF8_DETECTOR_RE.pattern == UTF8_DETECTOR_TEMPLATE.format(**chardata.UTF8_CLUES)
+    clues = {k: charclass(v) for k, v in chardata.UTF8_CLUES.items()}
+    return decode, strict, clues
+
+
 def header() -> str:
     letters, numbers, onig_space = onig_set(r"\p{L}"), onig_set(r"\p{N}"), onig_set(r"\s")
     py_lower, ignorable, cased, rust_lower = lower_tables()
     ccc, decomp, comp = nfc_tables()
     bad_sets, bad_alts = badness_program()
     html5, ftfy_entities, invalid_charrefs, invalid_codepoints = html_tables()
+    charmaps, windows_1252, clues = encoding_tables()
     py_space = ranges(c for c in ALL if chr(c).isspace())
     py_decimal = ranges(c for c in ALL if chr(c).isdecimal())
     c1 = [(b, ord(bytes([b]).decode("sloppy-windows-1252"))) for b in range(0x80, 0xA0)]
@@ -334,6 +384,29 @@ def header() -> str:
         + ",\n".join(f"    {{{f}, {n}, {'true' if b else 'false'}}}" for f, n, b in alts)
         + "};\n"
     )
+    parts.append(
+        "// ftfy.fix_encoding: " + ", ".join(chardata.CHARMAP_ENCODINGS) + " (in this order)\n"
+        f"inline constexpr int kCharmapCount = {len(charmaps)};\n"
+        f"inline constexpr int kCharmapMacRoman = {chardata.CHARMAP_ENCODINGS.index('macroman')};\n"
+        f"inline constexpr int kCharmapLatin1 = {chardata.CHARMAP_ENCODINGS.index('latin-1')};\n"
+        "inline constexpr bool kCharmapSloppy[] = {"
+        + ", ".join("true" if e.startswith("sloppy") else "false" for e in chardata.CHARMAP_ENCODINGS)
+        + "};\n"
+        "inline constexpr uint32_t kCharmapDecode[][256] = {\n"
+        + ",\n".join("    {" + ", ".join(f"0x{c:X}" for c in table) + "}" for table in charmaps)
+        + "};\n"
+        "inline constexpr uint32_t kWindows1252Strict[256] = {"
+        + ", ".join(f"0x{c:X}" for c in windows_1252)
+        + "};\n"
+    )
+    for name, key in (
+        ("kUtf8FirstOf2", "utf8_first_of_2"),
+        ("kUtf8FirstOf3", "utf8_first_of_3"),
+        ("kUtf8FirstOf4", "utf8_first_of_4"),
+        ("kUtf8Continuation", "utf8_continuation"),
+        ("kUtf8ContinuationStrict", "utf8_continuation_strict"),
+    ):
+        parts.append(emit_ranges(name, clues[key]))
     parts += [
         "// html.unescape\n",
         emit_strstr("kHtml5", html5),
