@@ -1198,8 +1198,8 @@ std::vector<int32_t> ClipTokenizer::encode(const std::string& text, size_t max_l
 }
 
 size_t ClipTokenizer::eos_position(const std::string& text, size_t max_length) const {
-  if (max_length < 2) fail("max_length must be >= 2, got " + std::to_string(max_length));
-  return std::min(tokenize(text).size(), max_length - 2) + 1;
+  const std::vector<int32_t> ids = encode(text, max_length);
+  return static_cast<size_t>(std::find(ids.begin(), ids.end(), eos_id_) - ids.begin());
 }
 
 }  // namespace gligen

@@ -45,7 +45,8 @@ class ClipTokenizer {
   std::vector<int32_t> encode(const std::string& text, size_t max_length = kMaxLength,
                               bool* exact = nullptr) const;
 
-  // Position of EOS in encode(text, max_length) (the pooled-embedding index).
+  // Index of the first EOS in encode(text, max_length): the token whose state CLIP pools
+  // (transformers' CLIPTextModel pooler_output; a literal "<|endoftext|>" in the text comes first).
   size_t eos_position(const std::string& text, size_t max_length = kMaxLength) const;
 
   int32_t bos_id() const { return bos_id_; }

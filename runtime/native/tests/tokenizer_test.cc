@@ -2,6 +2,7 @@
 // gen_tokenizer_reference.py. Usage: tokenizer_test REFERENCE_DIR
 // Fails on any mismatch (ids, padded ids, EOS position), and when fewer than 10,000 prompts were
 // compared; prompts the native side reports as not exact are counted separately.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -75,7 +76,10 @@ int main(int argc, char** argv) {
       const std::vector<int32_t> got = tok.tokenize(text, &is_exact);
       const std::vector<int32_t> got77 = tok.encode(text);
       const size_t eos = tok.eos_position(text);
-      const bool same = got == want && got77 == want77 && got77[eos] == tok.eos_id();
+      // the pooled index: the first EOS of the padded ids (transformers' CLIP pooling)
+      const size_t want_eos = static_cast<size_t>(
+          std::find(want77.begin(), want77.end(), tok.eos_id()) - want77.begin());
+      const bool same = got == want && got77 == want77 && eos == want_eos;
       past_77 += want.size() > gligen::ClipTokenizer::kMaxLength - 2;
       if (is_exact) {
         ++exact;
