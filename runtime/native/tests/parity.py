@@ -1,0 +1,178 @@
+"""Native runtime == Python runtime on the same engine folder, backend and seed (driven by ctest).
+
+    parity.py --export-only                       export (or find in the cache) every tiny folder used
+    parity.py --case text-box --cli gligen-rt-native   PSNR of native vs Python images, FP32 and BF16
+    parity.py --c-api gligen_c_api_test           run the C API test on the text-box folder
+
+Engine folders are the tiny-random ones of runtime/tiny.py (cache: $GLIGEN_RT_CACHE or
+~/.cache/gligen-rt), exported by the Python exporter. Each comparison prints one JSON line.
+Bars: PSNR >= 60 dB on openvino (FP32) and ort-cpu, >= 45 dB on openvino-bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+BARS = {"openvino": 60.0, "openvino-bf16": 45.0, "ort-cpu": 60.0}
+CASES = (
+    "text-box",
+    "text-image-box",
+    "keypoint",
+    "hed",
+    "canny",
+    "depth",
+    "normal",
+    "sem",
+    "inpaint-text-box",
+    "inpaint-text-image-box",
+)
+
+
+def folder_of(case: str) -> Path:
+    from gligen_rt.runtime.tiny import tiny_engines
+
+    inpaint = case.startswith("inpaint-")
+    modality = case.removeprefix("inpaint-") if case != "samplers" else "text-box"
+    return tiny_engines(modality, inpaint)
+
+
+def _png(path: Path, array: np.ndarray) -> str:
+    Image.fromarray(array).save(path)
+    return path.name
+
+
+def make_request(case: str, work: Path, rng: np.random.Generator) -> dict:
+    """A request exercising every input of `case`, with input images of odd sizes (crop + resize)."""
+    modality = case.removeprefix("inpaint-")
+    req: dict = {"prompt": "a photo of a cat and a dog", "negative_prompt": "blurry", "seed": 7, "steps": 4}
+    req.update(height=128, width=192)
+    if modality in ("text-box", "text-image-box"):
+        req["objects"] = [
+            {"phrase": "a cat", "box": [0.1, 0.2, 0.5, 0.9]},
+            {"phrase": "a dog", "box": [0.55, 0.1, 0.95, 0.6]},
+        ]
+        if modality == "text-image-box":
+            img = rng.integers(0, 256, (45, 37, 3), dtype=np.uint8)
+            req["objects"][1]["image"] = _png(work / "ref.png", img)
+            req["objects"].append({"box": [0.3, 0.3, 0.7, 0.7], "image": "ref2.png"})
+            _png(work / "ref2.png", rng.integers(0, 256, (30, 60, 3), dtype=np.uint8))
+            if not case.startswith("inpaint-"):
+                req["style_image"] = _png(
+                    work / "style.png", rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)
+                )
+    elif modality == "keypoint":
+        kps = [[float(x), float(y)] for x, y in rng.uniform(0.05, 0.95, (17, 2))]
+        kps[3] = None
+        req["persons"] = [{"keypoints": kps}, {"keypoints": [[0.5, 0.5]] * 17}]
+    elif modality == "sem":
+        labels = rng.integers(0, 152, (70, 100), dtype=np.uint8)
+        req["condition"] = _png(work / "labels.png", labels)
+    else:
+        req["condition"] = _png(work / "cond.png", rng.integers(0, 256, (70, 100, 3), dtype=np.uint8))
+    if case.startswith("inpaint-"):
+        req["inpaint_image"] = _png(work / "room.png", rng.integers(0, 256, (110, 150, 3), dtype=np.uint8))
+    return req
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0.0 else 10.0 * math.log10(255.0**2 / mse)
+
+
+def compare(cli: str, folder: Path, backend: str, req: dict, work: Path, label: str) -> bool:
+    from gligen_rt.core.request import request_from_json
+    from gligen_rt.runtime.pipeline import GligenPipeline
+
+    req_path = work / f"request-{label}.json"
+    req_path.write_text(json.dumps(req))
+    with GligenPipeline.from_engines(folder, backend) as pipe:
+        ours = pipe(request_from_json(req_path)).images
+    out = work / f"native-{label}.png"
+    proc = subprocess.run(
+        [
+            cli,
+            "generate",
+            "--engines",
+            str(folder),
+            "--request",
+            str(req_path),
+            "--out",
+            str(out),
+            "--backend",
+            backend,
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        print(f"FAIL {label} {backend}: native exit {proc.returncode}: {proc.stderr.strip()}")
+        return False
+    n = ours.shape[0]
+    paths = [out] if n == 1 else [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(n)]
+    native = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    value = psnr(native, ours)
+    ok = native.shape == ours.shape and value >= BARS[backend] and float(ours.std()) > 0.0
+    print(
+        json.dumps(
+            {
+                "case": label,
+                "backend": backend,
+                "psnr_db": None if math.isinf(value) else round(value, 2),
+                "identical": bool(np.array_equal(native, ours)),
+                "bar_db": BARS[backend],
+                "ok": ok,
+            }
+        )
+    )
+    return ok
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--export-only", action="store_true")
+    p.add_argument("--case", choices=(*CASES, "samplers"))
+    p.add_argument("--cli")
+    p.add_argument("--c-api")
+    p.add_argument("--backends", help="comma-separated (default: openvino, openvino-bf16, and ort-cpu when built)")
+    args = p.parse_args()
+    if args.export_only:
+        for case in CASES:
+            print(case, folder_of(case))
+        return 0
+    if args.c_api:
+        return subprocess.run([args.c_api, str(folder_of("text-box"))]).returncode
+    backends = args.backends
+    if backends is None:
+        built = subprocess.run([args.cli, "backends"], capture_output=True, text=True, check=True).stdout
+        backends = ",".join(b for b in ("openvino", "openvino-bf16", "ort-cpu") if b in built.strip().split(","))
+    ok = True
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folder = folder_of(args.case)
+        for backend in backends.split(","):
+            if args.case == "samplers":
+                base = make_request("text-box", work, rng)
+                variants = [{"sampler": s, "beta": 0.5} for s in ("plms", "ddim", "dpmpp_2m", "euler")] + [
+                    {"sampler": "ddim", "guidance": 1.0, "num_images": 2, "alpha_type": [0.25, 0.5, 0.25]},
+                    {"sampler": "dpmpp_2m", "steps": 1},
+                ]
+                for v in variants:
+                    label = "-".join(f"{k}{v[k]}" for k in v).replace(" ", "")
+                    ok &= compare(args.cli, folder, backend, {**base, **v}, work, label)
+            else:
+                ok &= compare(args.cli, folder, backend, make_request(args.case, work, rng), work, args.case)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
