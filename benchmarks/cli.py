@@ -1,7 +1,7 @@
 """``gligen-rt bench``: the command line of the benchmarks.
 
-The main CLI adds it with ``register(subparsers)``; ``python -m gligen_rt.benchmarks.cli bench ...``
-runs it on its own. Exit status: 0 when every configuration ran or was unavailable here (a missing
+The main CLI adds it with ``register(subparsers)``: run it as ``gligen-rt bench`` (or
+``python -m gligen_rt.cli bench``). Exit status: 0 when every configuration ran or was unavailable here (a missing
 backend library), 1 when one failed (the results are written either way), 2 on bad arguments.
 """
 
@@ -25,12 +25,18 @@ def _csv(text: str) -> list[str]:
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=MODELS, default="sd14", help="random-weight model size (default sd14)")
-    p.add_argument("--modality", choices=MODALITIES, default="text-box")
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        default="tiny-random",
+        help="random-weight model: tiny-random (seconds, a first try) or sd14 (SD-1.4 size: minutes "
+        "and ~10 GB on a small CPU, the committed results)",
+    )
+    p.add_argument("--modality", choices=MODALITIES, default="text-box", help="the model's modality")
     p.add_argument("--size", type=int, default=256, help="image height = width in px (multiple of 64)")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="denoising steps")
     p.add_argument("--beta", type=float, default=0.3, help="fraction of grounded steps")
-    p.add_argument("--sampler", default="plms", choices=["plms", "ddim", "dpmpp_2m", "euler"])
+    p.add_argument("--sampler", default="plms", choices=["plms", "ddim", "dpmpp_2m", "euler"], help="sampler")
     p.add_argument(
         "--backends",
         type=_csv,
@@ -56,9 +62,18 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matmul-size", type=int, default=4096, help="n of the n^3 matmul peak")
     p.add_argument("--seed", type=int, default=1, help="noise seed of the request")
     p.add_argument("--model-seed", type=int, default=0, help="seed of the random weights")
-    p.add_argument("--out-dir", type=Path, default=Path("benchmarks/results"))
     p.add_argument(
-        "--engine-dir", type=Path, default=Path(".cache/bench-engines"), help="exported engines (cache)"
+        "--out-dir",
+        type=Path,
+        default=Path("benchmarks/results"),
+        help="where bench.jsonl, the tables and the plots go (relative to the current folder)",
+    )
+    p.add_argument(
+        "--engine-dir",
+        type=Path,
+        default=None,
+        help="cache of the exported engines, reused across runs (default: bench-engines/ in "
+        "$GLIGEN_RT_CACHE, else ~/.cache/gligen-rt; sd14 needs ~8 GB there)",
     )
     p.add_argument(
         "--gate-skip",
@@ -96,6 +111,13 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_bench_args(p)
     p.set_defaults(func=cmd_bench)
     return p
+
+
+def default_engine_dir() -> Path:
+    """bench-engines/ in the same cache root as the tiny model's engines (one place: runtime/tiny.py)."""
+    from gligen_rt.runtime.tiny import default_cache_dir
+
+    return default_cache_dir() / "bench-engines"
 
 
 def _device(choice: str) -> str:
@@ -156,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         eager_precisions=args.eager_precisions,
         reference=not args.no_reference,
         out_dir=args.out_dir,
-        engine_dir=args.engine_dir,
+        engine_dir=args.engine_dir if args.engine_dir is not None else default_engine_dir(),
         isolate=not args.in_process,
         command="gligen-rt " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:])),
     )
@@ -173,14 +195,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"error: {len(failed)} configuration(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m gligen_rt.benchmarks.cli``): the project CLI, one error handling for all."""
-    from gligen_rt.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -60,13 +60,20 @@ def failure(e: BaseException) -> dict[str, str]:
 def execute(task: dict[str, Any], scratch: Path, isolate: bool = True) -> dict[str, Any]:
     """Run a worker task in a fresh process (or here); its JSON result, ``status: failed`` on error."""
     if not isolate:
+        import torch
+
         from gligen_rt.benchmarks.worker import run_task
 
+        # A task sets torch's thread count for its measurement; in this process that must not
+        # outlive the task (it changes the rounding of every later torch computation here).
+        threads = torch.get_num_threads()
         try:
             return run_task(task)
         except Exception as e:  # recorded, the run goes on with the next configuration
             log.exception("task failed")
             return failure(e)
+        finally:
+            torch.set_num_threads(threads)
     scratch.mkdir(parents=True, exist_ok=True)
     n = len(list(scratch.glob("task*.json")))
     task_path, result_path = scratch / f"task{n}.json", scratch / f"result{n}.json"

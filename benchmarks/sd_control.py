@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,10 @@ def export_control(
     # then save the graph with its weights in one <name>.data file (fp16: converted on the way)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".sd-control-") as scratch:
         raw = Path(scratch) / "raw.onnx"
-        with torch.no_grad():
+        # tracing diffusers' UNet warns ~24 times about shape-dependent Python branches, each
+        # harmless for this fixed graph (the exporter's own export path silences them the same way)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 Plain().eval(),
                 args,

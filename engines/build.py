@@ -67,11 +67,9 @@ def _static_for(spec: EngineSpec, static: tuple[int, int, int] | None) -> tuple[
 
 
 def _progress(items: list[str], enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
+    from gligen_rt.core.progress import progress
 
-    return tqdm(items, desc=desc, unit="engine")
+    return progress(items, desc=desc, unit="engine", show=enabled)
 
 
 def build(
@@ -317,17 +315,26 @@ def _build_openvino(
     return onnx_path
 
 
+# Backends whose build needs an NVIDIA GPU (TensorRT-RTX builds without one).
+GPU_BUILD_BACKENDS = ("tensorrt", "ort-cuda", "ort-trt")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `gligen-rt build --onnx DIR --backend B` to the main parser."""
-    p = subparsers.add_parser("build", help="build an exported engine folder for a backend")
+    p = subparsers.add_parser(
+        "build",
+        help="build an exported engine folder for a backend",
+        description="Build the engines of an exported folder for one backend into DIR/<backend> "
+        "(see `gligen-rt inspect DIR/<backend>`). Nothing is left behind when the build is refused.",
+    )
     p.add_argument("--onnx", type=Path, required=True, help="engine folder written by `gligen-rt export`")
-    p.add_argument("--backend", required=True, choices=BACKENDS)
-    p.add_argument("--out", type=Path, default=None, help="default: DIR/<backend>")
+    p.add_argument("--backend", required=True, choices=BACKENDS, help="what to build for")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/<backend>)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None, help="default: as exported")
     p.add_argument("--static", default=None, help="images,height,width: one fixed shape (CUDA graphs)")
     p.add_argument("--engines", default=None, help="comma-separated subset of the folder's engines")
     p.add_argument("--workspace", type=int, default=None, help="TensorRT workspace in MiB")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's)")
     p.set_defaults(func=_cmd_build)
 
 
@@ -340,16 +347,27 @@ def _cmd_build(args: argparse.Namespace) -> int:
             static = ()
         if len(static) != 3:
             raise EngineError(f"--static {args.static!r}: give images,height,width, e.g. 1,512,512")
-    paths = build(
-        args.onnx,
-        args.backend,
-        args.out,
-        precision=args.precision,
-        static=static,
-        engines=args.engines.split(",") if args.engines else None,
-        workspace=args.workspace << 20 if args.workspace else None,
-        threads=args.threads,
-    )
+    if args.backend in GPU_BUILD_BACKENDS:
+        from gligen_rt.engines.gpu import require_gpu
+
+        require_gpu(f"build --backend {args.backend}")
+    out = Path(args.out) if args.out is not None else Path(args.onnx) / args.backend
+    existed = out.exists()
+    try:
+        paths = build(
+            args.onnx,
+            args.backend,
+            args.out,
+            precision=args.precision,
+            static=static,
+            engines=args.engines.split(",") if args.engines else None,
+            workspace=args.workspace << 20 if args.workspace else None,
+            threads=args.threads,
+        )
+    except BaseException:
+        if not existed and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a refused build leaves no empty folder behind
+        raise
     for path in paths:
         print(path)
     return 0

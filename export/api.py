@@ -281,11 +281,9 @@ def _replace_dir(new: Path, out: Path) -> None:
 
 
 def _progress(items: list[str], enabled: bool) -> Any:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
+    from gligen_rt.core.progress import progress
 
-    return tqdm(items, desc="export", unit="engine")
+    return progress(items, desc="export", unit="engine", show=enabled)
 
 
 def _version(module: str) -> str | None:

@@ -4,17 +4,19 @@
     gligen-rt export --checkpoint gligen-generation-text-box.bin --out engines/tb --precision fp16 \\
         --height 512 --width 512 --min-size 256 --max-size 768
 
-`register(subparsers)` adds the subcommand to gligen_rt/cli.py's parser.
+`register(subparsers)` adds the subcommand to gligen_rt/cli.py's parser; run it as `gligen-rt export`
+(or `python -m gligen_rt.cli export`): this module has no entry of its own, so the CLI never
+imports back into itself through here.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
+from gligen_rt.cli_parser import checkpoint_path
 from gligen_rt.engines.spec import ENGINE_NAMES
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     which.add_argument(
         "--model", choices=["tiny-random", "sd14"], default="tiny-random", help="preset with random weights"
     )
-    which.add_argument("--checkpoint", type=Path, help="original .bin/.pth file or diffusers folder")
+    which.add_argument(
+        "--checkpoint",
+        type=checkpoint_path,
+        help="original .bin/.pth file or diffusers folder (a file or folder, never a model name)",
+    )
     src.add_argument("--modality", choices=MODALITIES, default=None, help="preset modality / checkpoint hint")
     src.add_argument("--inpaint", action="store_true", help="inpainting preset (with --model)")
     src.add_argument("--model-seed", type=int, default=0, help="seed of the preset's random weights")
@@ -74,7 +80,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     out.add_argument("--count-unfused", action="store_true", help="also record the UNet's node count unfused")
     out.add_argument("--threads", type=int, default=None, help="CPU threads for export and checks")
-    out.add_argument("--no-progress", action="store_true")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar (none shows off a terminal)")
     p.set_defaults(func=cmd_export)
     return p
 
@@ -136,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         envelope=envelope,
         opset=args.opset,
         fuse=not args.no_fuse,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=not args.no_progress,
         fp16_flavor=args.fp16_flavor,
         engines=args.engines,
         count_unfused=args.count_unfused,
@@ -147,14 +153,3 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(path)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m gligen_rt.export.cli``): the project CLI, one error handling for all."""
-    from gligen_rt.cli import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

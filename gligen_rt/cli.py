@@ -1,155 +1,143 @@
 """`gligen-rt` command line: generate, export, build, inspect, bench.
 
-Every user error (GligenError) ends as one line on stderr and a non-zero exit, with nothing
-written. Heavy imports (torch, backends) happen inside the subcommand that needs them.
+Every user error (GligenError, or a flag argparse rejects) ends as one line on stderr and exit
+status 2, with nothing written. The request, the output names and contradictory flags are checked
+before anything heavy is imported; torch and the backends are imported inside the subcommand that
+needs them. Parser and request flags: cli_parser.py, cli_request.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import math
+import os
 import sys
 from pathlib import Path
 
+from gligen_rt.cli_parser import MODEL_NAMES, Parser, add_verbose, checkpoint_path
+from gligen_rt.cli_request import add_request_args, planned_outputs, request_from_args, summary
 from gligen_rt.core.errors import GligenError, RequestError
 
 log = logging.getLogger("gligen_rt")
 
 
-# -- argument parsing helpers -------------------------------------------------------------------
-
-
-def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise RequestError(
-            f"{what} {text!r} is not {n} comma-separated numbers, e.g. 0.1,0.2,0.5,0.6"
-        ) from None
-    if len(values) != n:
-        raise RequestError(f"{what} {text!r} has {len(values)} numbers, expected {n}")
-    if not all(math.isfinite(v) for v in values):
-        raise RequestError(f"{what} {text!r} contains NaN or Inf: give finite numbers")
-    return values
-
-
-def add_request_args(p: argparse.ArgumentParser) -> None:
-    """The request flags shared by every backend's `generate`."""
-    g = p.add_argument_group("request")
-    g.add_argument("--request", type=Path, help="JSON request file (any modality; flags below override it)")
-    g.add_argument("--prompt", help="the caption")
-    g.add_argument("--negative-prompt", default=None)
-    g.add_argument("--phrase", action="append", default=[], help="grounded phrase (repeat; pairs with --box)")
-    g.add_argument("--box", action="append", default=[], help="x0,y0,x1,y1 in [0,1] (repeat)")
-    g.add_argument("--image", action="append", default=[], help="reference image per box (text-image models)")
-    g.add_argument("--style-image", default=None, help="style reference image (text-image models)")
-    g.add_argument(
-        "--condition", default=None, help="condition map (hed/canny/depth/normal image, sem label map)"
-    )
-    g.add_argument("--inpaint-image", default=None, help="image to inpaint (inpainting models)")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--steps", type=int, default=None)
-    g.add_argument("--guidance", type=float, default=None)
-    g.add_argument("--sampler", choices=["plms", "ddim", "dpmpp_2m", "euler"], default=None)
-    sched = g.add_mutually_exclusive_group()
-    sched.add_argument(
-        "--beta", type=float, default=None, help="fraction of steps with grounding (diffusers)"
-    )
-    sched.add_argument(
-        "--alpha-type", default=None, help="a,b,c: grounded, decaying, plain fractions (original)"
-    )
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--num-images", type=int, default=None)
-
-
-def request_from_args(args: argparse.Namespace):
-    """Flags (and an optional JSON file) -> one validated-later GenerationRequest."""
-    import dataclasses
-
-    from gligen_rt.core.request import GenerationRequest, GroundedObject, request_from_json
-
-    base = request_from_json(args.request) if args.request else None
-    if base is None and args.prompt is None:
-        raise RequestError('give --prompt "..." or --request FILE.json')
-    changes: dict = {}
-    for name in (
-        "prompt",
-        "negative_prompt",
-        "seed",
-        "steps",
-        "guidance",
-        "sampler",
-        "beta",
-        "height",
-        "width",
-        "num_images",
-        "condition",
-        "inpaint_image",
-        "style_image",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            changes[name] = value
-    if args.alpha_type is not None:
-        changes["alpha_type"] = _floats(args.alpha_type, 3, "--alpha-type")
-    if args.box or args.phrase or args.image:
-        n = len(args.box)
-        if args.phrase and len(args.phrase) != n:
-            raise RequestError(f"{len(args.phrase)} --phrase for {n} --box: give one phrase per box")
-        if args.image and len(args.image) != n:
-            raise RequestError(f"{len(args.image)} --image for {n} --box: give one image per box")
-        if n == 0:
-            raise RequestError("--phrase/--image given without --box: give one --box x0,y0,x1,y1 per object")
-        changes["objects"] = tuple(
-            GroundedObject(
-                box=_floats(b, 4, "--box"),
-                phrase=args.phrase[i] if args.phrase else None,
-                image=args.image[i] if args.image else None,
-            )
-            for i, b in enumerate(args.box)
-        )
-    if base is None:
-        return GenerationRequest(**changes)
-    return dataclasses.replace(base, **changes)
-
-
 # -- subcommands ------------------------------------------------------------------------------
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from gligen_rt.core.imageio import draw_overlay, output_paths, save_png
+# Backends that run on an NVIDIA GPU: the driver is asked first (runtime/gpu.py).
+GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt", "tensorrt-rtx")
 
+
+def check_sources(args: argparse.Namespace) -> None:
+    """Refuse flags that contradict the model source in one line; default the source to --model tiny."""
+    given = [f for f, v in (("--model", args.model), ("--checkpoint", args.checkpoint)) if v is not None]
+    if args.engines is not None:
+        if given:
+            raise RequestError(
+                f"{given[0]} and --engines both name the model: the engine folder {str(args.engines)!r} "
+                f"holds its own; drop {given[0]}"
+            )
+        for flag, value in (
+            ("--modality", args.modality),
+            ("--inpaint", args.inpaint or None),
+            ("--model-seed", args.model_seed),
+        ):
+            if value is not None:
+                raise RequestError(
+                    f"{flag} does not apply to --engines: the folder's model is fixed (see "
+                    f"`gligen-rt inspect {args.engines}`); drop {flag}"
+                )
+    if args.checkpoint is not None:
+        for flag, value in (("--inpaint", args.inpaint or None), ("--model-seed", args.model_seed)):
+            if value is not None:
+                raise RequestError(
+                    f"{flag} applies to --model presets; the checkpoint decides its own model: drop {flag}"
+                )
+    else:
+        for flag in ("sd_conv_in", "clip_vision", "projection_matrix"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise RequestError(
+                    f"{name} completes an original --checkpoint file: drop it or give --checkpoint"
+                )
+    if args.engines is None and args.checkpoint is None and args.model is None:
+        args.model = "tiny"
+    if args.model_seed is None:
+        args.model_seed = 0
+
+
+def _precheck(args: argparse.Namespace, request) -> list[str]:
+    """Everything that can be checked before a model is loaded; returns the output paths."""
+    from gligen_rt.core.request import validate, validate_fields
+
+    if args.model is not None and args.engines is None:  # a preset: its modality is known now
+        validate(request, args.modality or "text-box", bool(args.inpaint), multiple=64)
+    else:
+        validate_fields(request, multiple=64)
+    paths = planned_outputs(args.out, request, args.overlay, args.request)
+    if args.backend in GPU_BACKENDS:
+        from gligen_rt.engines.gpu import require_gpu
+
+        require_gpu(f"--backend {args.backend}")
+    return paths
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    check_sources(args)
     request = request_from_args(args)
     if args.backend is None:  # the reference for a model or checkpoint; ONNX Runtime for engines
         args.backend = "torch" if args.engines is None else "ort-cpu"
+    _precheck(args, request)
+    source = args.engines or args.checkpoint or f"--model {args.model}"
+    log.info("generate (%s, backend %s): %s", source, args.backend, summary(request))
+    log.debug("request: %r", request)
     if args.backend == "torch" and args.engines is None:
+        from gligen_rt.core.progress import progress
+
         pipe = _reference_pipeline(args)
         config = pipe.config
         from gligen_rt.core.request import validate
 
         validate(request, config.modality, config.inpaint, multiple=64)
-        log.info("request: %s", request)
-        bar = _progress(request.steps if request.steps else 50)
-        result = pipe(request, on_step=lambda i, n: bar.update(1))
-        bar.close()
+        bar = progress(total=request.steps, desc="denoising", unit="step")
+        try:
+            result = pipe(request, on_step=lambda i, n: bar.update(1))
+        finally:
+            bar.close()
+        modality = config.modality
     else:
         from gligen_rt.runtime.cli import run_generate
 
-        result = run_generate(args, request)
-    paths = output_paths(args.out, len(result.images))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    for path, image in zip(paths, result.images):
-        save_png(path, image)
-        print(path)
-        if args.overlay:
-            ov = Path(path).with_name(Path(path).stem + "_overlay.png")
-            save_png(ov, draw_overlay(image, request.objects, request.persons))
-            print(ov)
+        result, modality = run_generate(args, request)
+    _save(args, request, result.images, modality)
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
     log.info("timings: %s", timings)
     return 0
+
+
+def _save(args: argparse.Namespace, request, images, modality) -> None:
+    """Write the images (and overlays) under the planned names; prints each path (the output)."""
+    from gligen_rt.core.imageio import (
+        condition_preview,
+        draw_overlay,
+        output_paths,
+        overlay_path,
+        save_image,
+    )
+
+    paths = output_paths(args.out, len(images))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    condition = None
+    if args.overlay and request.condition is not None and modality is not None:
+        h, w = images[0].shape[:2]
+        condition = condition_preview(request.condition, str(getattr(modality, "value", modality)), h, w)
+    for path, image in zip(paths, images):
+        save_image(path, image)
+        print(path)
+        if args.overlay:
+            ov = overlay_path(path)
+            save_image(ov, draw_overlay(image, request.objects, persons=request.persons, condition=condition))
+            print(ov)
 
 
 def _reference_pipeline(args: argparse.Namespace):
@@ -168,36 +156,36 @@ def _reference_pipeline(args: argparse.Namespace):
     )
 
 
-def _progress(total: int):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="denoising", unit="step", leave=False, disable=not sys.stderr.isatty())
-
-
 def resolve_model(name: str) -> str:
     """The preset a --model name stands for: `tiny` is the embedded default (for now tiny-random)."""
     return "tiny-random" if name == "tiny" else name
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model")
+    g = p.add_argument_group("model (one of --model, --checkpoint, --engines; default --model tiny)")
     src = g.add_mutually_exclusive_group()
     src.add_argument(
         "--model",
-        default="tiny",
-        choices=["tiny", "tiny-random", "sd14"],
+        default=None,
+        choices=list(MODEL_NAMES),
         help="tiny: the embedded default model; tiny-random: random weights of the tiny size, every "
-        "modality (tests); sd14: random weights at SD-1.4 size (default: %(default)s)",
+        "modality and --inpaint (tests, trying flags); sd14: random weights at SD-1.4 size",
     )
-    src.add_argument("--checkpoint", type=Path, help="original .bin/.pth file or diffusers folder")
+    src.add_argument(
+        "--checkpoint",
+        type=checkpoint_path,
+        help="original .bin/.pth file or diffusers folder (a file or folder, never a model name)",
+    )
     g.add_argument(
         "--modality",
         default=None,
         choices=["text-box", "text-image-box", "keypoint", "hed", "canny", "depth", "normal", "sem"],
-        help="preset modality (with --model), or canny/depth disambiguation for a checkpoint",
+        help="the preset's modality with --model (default: text-box), or canny/depth for a checkpoint",
     )
-    g.add_argument("--inpaint", action="store_true", help="preset inpainting model (with --model)")
-    g.add_argument("--model-seed", type=int, default=0, help="seed of the preset's random weights")
+    g.add_argument("--inpaint", action="store_true", help="the preset's inpainting model (with --model)")
+    g.add_argument(
+        "--model-seed", type=int, default=None, help="seed of the preset's random weights (default: 0)"
+    )
     g.add_argument("--sd-conv-in", type=Path, default=None, help="SD-1.4 conv_in for spatial checkpoints")
     g.add_argument(
         "--clip-vision", type=Path, default=None, help="CLIP vision folder for original text-image files"
@@ -205,18 +193,31 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--projection-matrix", type=Path, default=None, help="projection_matrix for text-image files"
     )
+    g.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where --model tiny-random's engines are exported once for engine backends (default: "
+        "$GLIGEN_RT_CACHE, else ~/.cache/gligen-rt)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gligen-rt", description="Fast, trustworthy GLIGEN inference.")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="gligen-rt", description="Fast, trustworthy GLIGEN inference.")
+    add_verbose(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = sub.add_parser("generate", help="generate images from a grounded request")
+    gen = sub.add_parser(
+        "generate",
+        help="generate images from a grounded request",
+        description="Generate images from a grounded request. With --model or --checkpoint the PyTorch "
+        "reference runs (backend torch); with --engines, or another --backend, the engine runtime.",
+    )
     add_model_args(gen)
     add_request_args(gen)
-    gen.add_argument("--engines", type=Path, default=None, help="engine folder (from `gligen-rt export`)")
-    gen.add_argument(
+    run = gen.add_argument_group("run and output")
+    run.add_argument("--engines", type=Path, default=None, help="engine folder (from `gligen-rt export`)")
+    run.add_argument(
         "--backend",
         default=None,
         choices=[
@@ -229,16 +230,26 @@ def build_parser() -> argparse.ArgumentParser:
             "openvino",
             "openvino-bf16",
         ],
-        help="torch (the PyTorch reference; default without --engines) or an engine backend (default ort-cpu)",
+        help="torch: the PyTorch reference (default with --model/--checkpoint); an engine backend "
+        "(default ort-cpu with --engines; with --model tiny-random its engines are exported once into "
+        "--cache-dir)",
     )
-    gen.add_argument(
+    run.add_argument(
         "--single-unet",
         action="store_true",
         help="run plain steps on the grounded UNet with gate 0 (one UNet in memory, for Jetsons)",
     )
-    gen.add_argument("--out", type=Path, default=Path("out.png"))
-    gen.add_argument(
-        "--overlay", action="store_true", help="also write the boxes and labels drawn on the image"
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=Path("out.png"),
+        help="output image; .png, .jpg or .webp sets the format; with --num-images N: OUT_0.png .. OUT_{N-1}.png",
+    )
+    run.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write OUT_overlay.png: boxes with their phrases, keypoint skeletons, or the "
+        "condition map blended over the image",
     )
     gen.set_defaults(func=cmd_generate)
 
@@ -260,7 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     register_serve(sub)
     if register_train is not None:
         register_train(sub)
+    for command in sub.choices.values():  # -v also after the subcommand
+        if "-v" not in command._option_string_actions:
+            add_verbose(command)
     return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    """Our messages on stderr (INFO, DEBUG with -v); other libraries' only from WARNING."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("gligen_rt", "gligen_ref"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # what ran, for records such as the benchmark's command line
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    _configure_logging(args.verbose)
     try:
         return args.func(args)
     except GligenError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("error: interrupted; nothing was written", file=sys.stderr)

@@ -97,7 +97,11 @@ class CupyArrays(HostArrays):
 
 
 def import_cupy() -> Any:
-    """Import CuPy; BackendUnavailable (one line) when it is missing or sees no GPU."""
+    """Import CuPy; BackendUnavailable (one line) when there is no GPU / driver (asked first: then
+    installing CuPy would not help), when CuPy is missing, or when it sees no GPU."""
+    from gligen_rt.engines.gpu import require_gpu
+
+    require_gpu("a GPU backend (CuPy device arrays)")
     try:
         import cupy
     except ImportError:

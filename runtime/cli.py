@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,9 @@ from gligen_rt.core.request import GenerationRequest
 log = logging.getLogger("gligen_rt")
 
 
-def _progress(total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="denoising", unit="step", leave=False, disable=not sys.stderr.isatty())
-
-
 def open_pipeline(args: argparse.Namespace) -> Any:
     """The GligenPipeline that `--engines DIR | --model NAME [--modality M] [--inpaint]
-    [--backend B] [--single-unet]` name (shared by `generate` and `serve`).
+    [--backend B] [--single-unet] [--cache-dir DIR]` name (shared by `generate` and `serve`).
 
     Raises one-line GligenErrors (engine folder, backend missing, a model without engines).
     """
@@ -48,22 +41,28 @@ def open_pipeline(args: argparse.Namespace) -> Any:
     if resolve_model(args.model) != "tiny-random":
         raise RequestError(f"--model {args.model} has no embedded engines: export it and pass --engines DIR")
     return GligenPipeline.tiny_random(
-        args.modality or "text-box", bool(getattr(args, "inpaint", False)), backend, single_unet=single
+        args.modality or "text-box",
+        bool(getattr(args, "inpaint", False)),
+        backend,
+        single_unet=single,
+        cache_dir=getattr(args, "cache_dir", None),
     )
 
 
-def run_generate(args: argparse.Namespace, request: GenerationRequest) -> Any:
-    """`gligen-rt generate --engines DIR | --model tiny [--backend B]` -> GenerationResult.
+def run_generate(args: argparse.Namespace, request: GenerationRequest) -> tuple[Any, str]:
+    """`gligen-rt generate --engines DIR | --model tiny-random [--backend B]` -> (GenerationResult,
+    the model's modality).
 
     Raises one-line GligenErrors (bad request, engine folder, backend missing, NaN); nothing is
-    written here.
+    written here. Flags were checked against each other by the caller (gligen_rt/cli.py).
     """
+    from gligen_rt.core.progress import progress
+
     with open_pipeline(args) as pipe:
         pipe.check_request(request)
-        log.info("request: %s", request)
-        bar = _progress(request.steps)
+        bar = progress(total=request.steps, desc="denoising", unit="step")
         try:
-            return pipe(request, on_step=lambda i, n: bar.update(1))
+            return pipe(request, on_step=lambda i, n: bar.update(1)), pipe.modality.value
         finally:
             bar.close()
 
@@ -94,11 +93,13 @@ def _size(path: Path) -> str:
 
 def inspect_lines(path: str | Path) -> list[str]:
     """What an engine folder holds, as printable lines (no engines are loaded)."""
-    from gligen_rt.engines.manifest import load_folder_manifest, load_manifest
+    from gligen_rt.engines.manifest import FOLDER_MANIFEST, load_folder_manifest, load_manifest
 
     path = Path(path)
     if not path.is_dir():
         raise EngineError(f"engine folder {path} does not exist")
+    if not (path / FOLDER_MANIFEST).is_file() and (path.parent / FOLDER_MANIFEST).is_file():
+        return _build_folder_lines(path)
     fm = load_folder_manifest(path)
     mc = fm.model_config
     lines = [
@@ -133,22 +134,51 @@ def inspect_lines(path: str | Path) -> list[str]:
         if parity:
             lines.append("    parity   " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(parity.items())))
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and p.name != fm.tokenizer):
-        built = sorted(sub.glob("*.json"))
-        if not built:
-            continue
-        lines.append(f"  built for {sub.name}:")
-        for mp in built:
-            try:
-                m = load_manifest(mp)
-            except EngineError as e:
-                lines.append(f"    {mp.stem}: {e}")
-                continue
-            cc = f", GPU {m.gpu_compute_capability}" if m.gpu_compute_capability else ""
-            lines.append(
-                f"    {m.engine}: {m.artifact} {m.precision} ({m.flavor}), envelope "
-                f"{_envelope(m.spec.get('envelope', {}))}, {json.dumps(m.library_versions, sort_keys=True)}{cc}"
-            )
+        built = _built_lines(sub)
+        if built:
+            lines.append(f"  built for {sub.name}:")
+            lines.extend(built)
     return lines
+
+
+def _built_lines(folder: Path) -> list[str]:
+    """One line per built artifact's manifest in `folder` (a DIR/<backend> build folder)."""
+    from gligen_rt.engines.manifest import load_manifest
+
+    lines = []
+    for mp in sorted(folder.glob("*.json")):
+        try:
+            m = load_manifest(mp)
+        except EngineError as e:
+            lines.append(f"    {mp.stem}: {e}")
+            continue
+        cc = f", GPU {m.gpu_compute_capability}" if m.gpu_compute_capability else ""
+        lines.append(
+            f"    {m.engine}: {m.artifact} {m.precision} ({m.flavor}), envelope "
+            f"{_envelope(m.spec.get('envelope', {}))}, {json.dumps(m.library_versions, sort_keys=True)}{cc}"
+        )
+    return lines
+
+
+def _build_folder_lines(path: Path) -> list[str]:
+    """`inspect DIR/<backend>`: what a build folder holds, under the engine folder it was built from."""
+    from gligen_rt.engines.manifest import load_folder_manifest
+
+    fm = load_folder_manifest(path.parent)
+    mc = fm.model_config
+    built = _built_lines(path)
+    if not built:
+        raise EngineError(
+            f"{path} holds no built engines: build them with `gligen-rt build --onnx {path.parent} "
+            f"--backend {path.name}`"
+        )
+    return [
+        f"build folder {path} (built from engine folder {path.parent})",
+        f"  model      {mc.get('name')} {'inpaint ' if mc.get('inpaint') else ''}{mc.get('modality')}",
+        f"  exported   {fm.precision}, envelope {_envelope(fm.envelope)}",
+        f"  built for {path.name}:",
+        *built,
+    ]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gligen_rt.benchmarks import cli, report
+from gligen_rt.benchmarks import report
+from gligen_rt.cli import main as cli_main
 from gligen_rt.benchmarks.measure import CallTimer, psnr, run_record, stats, summarize_runs
 from gligen_rt.benchmarks.scenario import Config, Scenario, plan_configs
 
@@ -36,7 +37,7 @@ def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
         "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
         "--out-dir", str(out), "--engine-dir", str(tmp_path / "engines"),
     ]  # fmt: skip
-    assert cli.main(argv) == 0
+    assert cli_main(argv) == 0
     lines = (out / "bench.jsonl").read_text().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])  # strict JSON: no NaN / Infinity
@@ -168,7 +169,7 @@ def test_report_renders_from_a_jsonl_fixture(tmp_path: Path) -> None:
     older = fixture_record()
     older["configs"] = older["configs"][:2]
     path.write_text(json.dumps(older) + "\n\n" + json.dumps(fixture_record()) + "\n")
-    assert cli.main(["bench", "--report-only", "--out-dir", str(tmp_path)]) == 0
+    assert cli_main(["bench", "--report-only", "--out-dir", str(tmp_path)]) == 0
     md = (tmp_path / "sd14-text-box-256px-20steps-cpu.md").read_text()
     assert "ours openvino bf16" in md  # the latest line of the key was rendered
     assert "Fastest eager PyTorch configuration: eager bf16." in md

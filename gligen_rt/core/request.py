@@ -189,7 +189,7 @@ def _check_objects(request: GenerationRequest, modality: Modality, inpaint: bool
     if not modality.is_box:
         if objects:
             raise _fail(
-                f"objects were given but the {modality.value} model takes no boxes: remove 'objects' or use a box model"
+                f"objects were given but the {modality.value} model takes no boxes: remove 'objects' or use a box model (CLI: --modality text-box)"
             )
         return
     limit_note = ""
@@ -216,7 +216,7 @@ def _check_objects(request: GenerationRequest, modality: Modality, inpaint: bool
                 raise _fail(f"{what} has no phrase: the text-box model needs a phrase for every box")
             if obj.image is not None:
                 raise _fail(
-                    f"{what} has an image but the text-box model takes phrases only: remove 'image' or use a text-image-box model"
+                    f"{what} has an image but the text-box model takes phrases only: remove 'image' or use a text-image-box model (CLI: --modality text-image-box)"
                 )
         else:
             if not has_phrase and obj.image is None:
@@ -258,18 +258,12 @@ def validate(
     and be readable; their contents are checked when loaded.
     """
     modality = Modality(modality)
-    if not isinstance(request, GenerationRequest):
-        raise _fail(f"expected a GenerationRequest, got {type(request).__name__}")
-    if not isinstance(request.prompt, str):
-        raise _fail(f"prompt must be a string, got {request.prompt!r}")
-    if not isinstance(request.negative_prompt, str):
-        raise _fail(f"negative_prompt must be a string, got {request.negative_prompt!r}")
-
+    validate_fields(request, max_size=max_size, multiple=multiple)
     _check_objects(request, modality, inpaint)
 
     if request.persons and modality is not Modality.KEYPOINT:
         raise _fail(
-            f"persons were given but the {modality.value} model takes no keypoints: remove 'persons' or use the keypoint model"
+            f"persons were given but the {modality.value} model takes no keypoints: remove 'persons' or use the keypoint model (CLI: --modality keypoint)"
         )
     if len(request.persons) > MAX_PERSONS:
         raise _fail(
@@ -284,7 +278,7 @@ def validate(
         _check_readable(request.condition, "condition")
     elif request.condition is not None:
         raise _fail(
-            f"a condition map was given but the {modality.value} model does not take one: remove 'condition' or use a spatial model"
+            f"a condition map was given but the {modality.value} model does not take one: remove 'condition' or use a spatial model (CLI: --modality hed|canny|depth|normal|sem)"
         )
 
     if inpaint:
@@ -295,7 +289,7 @@ def validate(
         _check_readable(request.inpaint_image, "inpaint_image")
     elif request.inpaint_image is not None:
         raise _fail(
-            "inpaint_image was given but the model is not an inpainting model: remove it or load an inpainting checkpoint"
+            "inpaint_image was given but the model is not an inpainting model: remove it or use an inpainting model (CLI: --inpaint, or an inpainting checkpoint)"
         )
 
     if request.style_image is not None:
@@ -305,6 +299,19 @@ def validate(
             )
         _check_readable(request.style_image, "style_image")
 
+
+def validate_fields(request: GenerationRequest, max_size: int | None = None, multiple: int = 8) -> None:
+    """The checks that need no model (types, numbers, boxes and keypoints in range), done by `validate`
+    too: a command line runs them before it loads anything."""
+    if not isinstance(request, GenerationRequest):
+        raise _fail(f"expected a GenerationRequest, got {type(request).__name__}")
+    if not isinstance(request.prompt, str):
+        raise _fail(f"prompt must be a string, got {request.prompt!r}")
+    if not isinstance(request.negative_prompt, str):
+        raise _fail(f"negative_prompt must be a string, got {request.negative_prompt!r}")
+    for i, obj in enumerate(request.objects):
+        if isinstance(obj, GroundedObject):
+            _check_box(obj.box, f"objects[{i}].box")
     if not _is_int(request.seed) or request.seed < 0:
         raise _fail(f"seed must be a non-negative integer, got {request.seed!r}")
     if not _is_int(request.steps) or not 1 <= request.steps <= MAX_STEPS:
