@@ -35,7 +35,7 @@ from torch import nn
 
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
-from gligen_rt.export.fp16 import convert_fp16, save_model
+from gligen_rt.export.fp16 import FP32_CONES, convert_fp16, save_model
 from gligen_rt.export.gate_skip import skip_fusers
 from gligen_rt.export.graph import (
     check_io,
@@ -47,6 +47,7 @@ from gligen_rt.export.graph import (
 )
 from gligen_rt.export.inputs import make_inputs, parity_cases, trace_point
 from gligen_rt.export.parity import (
+    FP16_ROUNDOFF,
     TOLERANCE,
     ExportError,
     ParityError,
@@ -320,14 +321,16 @@ def _export_engine(
             parity_cases(spec, config, seed),
             tol,
             expected_shapes=lambda x: _spec_shapes(spec, x),
+            roundoff=FP16_ROUNDOFF if strongly_fp16 else None,
+            exact_inputs=[cone for cone, _ in FP32_CONES],
         )
         del session
         if not report.passed:
             raise ParityError(
                 f"{name}: ONNX Runtime differs from PyTorch by {report.max_rel_err:.3g} relative "
-                f"({report.worst_case}; limit {tol:g}): the export was not written"
+                f"({report.worst_case}; limit {report.limit:.3g}): the export was not written"
             )
-        log.info("%s: parity %.2e (limit %g), %d nodes", name, report.max_rel_err, tol, nodes)
+        log.info("%s: parity %.2e (limit %.3g), %d nodes", name, report.max_rel_err, report.limit, nodes)
 
         files = M.onnx_files(final)
         digest = M.onnx_sha256(final)

@@ -264,10 +264,17 @@ def test_progress_bars_stay_out_of_pipes(engine_folder, tmp_path, capsys) -> Non
 
 
 def _help(command: str) -> str:
+    before = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "1000"  # one line per option: phrases are not broken by wrapping
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    return " ".join(sub.choices[command].format_help().split())
+    try:
+        parser = build_parser()
+        sub = next(a for a in parser._actions if a.dest == "command")
+        return " ".join(sub.choices[command].format_help().split())
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
 
 
 def test_help_shows_defaults_and_output_naming() -> None:
