@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from gligen_rt.benchmarks import report
-from gligen_rt.cli import main as cli_main
 from gligen_rt.benchmarks.measure import CallTimer, psnr, run_record, stats, summarize_runs
 from gligen_rt.benchmarks.scenario import Config, Scenario, plan_configs
+from gligen_rt.cli import main as cli_main
 
 
 def _has_exporter() -> bool:

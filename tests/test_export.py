@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from gligen_ref.fuser import GatedSelfAttention
+from gligen_rt.cli import main as cli_main
 from gligen_rt.core.config import tiny_random
 from gligen_rt.core.modality import Modality
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
 from gligen_rt.export import onnx_export
 from gligen_rt.export.api import export_engines
-from gligen_rt.cli import main as cli_main
 from gligen_rt.export.fp16 import fp32_cone
 from gligen_rt.export.fuse import SDPA, FusedGatedSelfAttention, count_fusers, fuse_fusers
 from gligen_rt.export.graph import check_io
