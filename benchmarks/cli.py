@@ -182,8 +182,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         isolate=not args.in_process,
         command="gligen-rt " + " ".join(shlex.quote(a) for a in getattr(args, "argv", sys.argv[1:])),
     )
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        record = run_benchmark(scenario, options)
+        with logging_redirect_tqdm():  # our log lines print above the progress bar, not through it
+            record = run_benchmark(scenario, options)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

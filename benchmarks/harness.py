@@ -132,7 +132,9 @@ def run_benchmark(scenario: Scenario, options: Options) -> dict[str, Any]:
         machine = execute(_task("machine", scenario, None, work, None), work / "tasks", options.isolate)
         results: list[dict[str, Any]] = []
         exported: dict[Path, dict[str, Any]] = {}
-        for config in configs:
+        from gligen_rt.core.progress import progress
+
+        for config in progress(configs, desc="bench", unit="config"):
             engine_dir = None
             if config.kind == "ours":
                 from gligen_rt.benchmarks.ours import unavailable_reason

@@ -104,7 +104,7 @@ def test_readmes_show_commands_and_a_line_per_modality() -> None:
     readme_commands(),
     ids=[f"{r}-{i}-{' '.join(c.split()[1:4])}" for i, (r, c) in enumerate(readme_commands())],
 )
-def test_readme_command_runs_as_written(readme, command, scratch, monkeypatch, tmp_path) -> None:
+def test_readme_command_runs_as_written(readme, command, scratch, monkeypatch, capfd) -> None:
     argv = shlex.split(command)[1:]
     reason = skip_reason(argv, scratch)
     if reason:
@@ -114,4 +114,7 @@ def test_readme_command_runs_as_written(readme, command, scratch, monkeypatch, t
             argv[i + 1] = str(scratch / Path(argv[i + 1]).name)
     monkeypatch.chdir(scratch)
     monkeypatch.setenv("GLIGEN_RT_CACHE", str(scratch / "cache"))
-    assert main(argv) == 0, command
+    code = main(argv)
+    err = capfd.readouterr().err  # the worker processes' stderr too
+    assert code == 0, (command, err[-2000:])
+    assert "Traceback" not in err and "TracerWarning" not in err, err[-2000:]
