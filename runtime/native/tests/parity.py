@@ -142,23 +142,30 @@ def main() -> int:
     p.add_argument("--case", choices=(*CASES, "samplers"))
     p.add_argument("--cli")
     p.add_argument("--c-api")
-    p.add_argument("--backends", help="comma-separated (default: openvino, openvino-bf16, and ort-cpu when built)")
+    p.add_argument(
+        "--engines", type=Path, help="compare on this engine folder instead of the case's tiny one"
+    )
+    p.add_argument(
+        "--backends", help="comma-separated (default: openvino, openvino-bf16, and ort-cpu when built)"
+    )
     args = p.parse_args()
     if args.export_only:
         for case in CASES:
             print(case, folder_of(case))
         return 0
     if args.c_api:
-        return subprocess.run([args.c_api, str(folder_of("text-box"))]).returncode
+        return subprocess.run([args.c_api, str(args.engines or folder_of("text-box"))]).returncode
     backends = args.backends
     if backends is None:
         built = subprocess.run([args.cli, "backends"], capture_output=True, text=True, check=True).stdout
-        backends = ",".join(b for b in ("openvino", "openvino-bf16", "ort-cpu") if b in built.strip().split(","))
+        backends = ",".join(
+            b for b in ("openvino", "openvino-bf16", "ort-cpu") if b in built.strip().split(",")
+        )
     ok = True
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        folder = folder_of(args.case)
+        folder = args.engines or folder_of(args.case)
         for backend in backends.split(","):
             if args.case == "samplers":
                 base = make_request("text-box", work, rng)
