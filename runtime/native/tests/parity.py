@@ -7,6 +7,7 @@
 Engine folders are the tiny-random ones of runtime/tiny.py (cache: $GLIGEN_RT_CACHE or
 ~/.cache/gligen-rt), exported by the Python exporter. Each comparison prints one JSON line.
 Bars: PSNR >= 60 dB on openvino (FP32) and ort-cpu, >= 45 dB on openvino-bf16.
+$GLIGEN_NATIVE_PARITY_BACKENDS narrows the backends (the sanitizer build runs openvino only).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -155,8 +157,8 @@ def main() -> int:
         return 0
     if args.c_api:
         return subprocess.run([args.c_api, str(args.engines or folder_of("text-box"))]).returncode
-    backends = args.backends
-    if backends is None:
+    backends = args.backends or os.environ.get("GLIGEN_NATIVE_PARITY_BACKENDS")
+    if not backends:
         built = subprocess.run([args.cli, "backends"], capture_output=True, text=True, check=True).stdout
         backends = ",".join(
             b for b in ("openvino", "openvino-bf16", "ort-cpu") if b in built.strip().split(",")
