@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     record = {
         "benchmark": "native_overhead",
-        "engines": str(folder),
+        "engines": folder.name,  # the folder name (model key), not a machine path
         "backend": args.backend,
         "steps": args.steps,
         "repeat": args.repeat,
