@@ -2,6 +2,9 @@
 
 - ``matmul_peak``: GFLOP/s of square ``torch.matmul`` per dtype (the best of a few timed products
   after one warm-up, at n/4, n/2 and n), the ceiling every achieved GFLOP/s is compared with.
+- ``openvino_matmul_peak``: the same for OpenVINO's CPU MatMul (f32 and bf16 inference hints, a
+  constant right-hand side as in a FullyConnected layer): on a CPU without AMX OpenVINO's BF16
+  kernels beat torch's, so the peak a configuration is measured against is the best of both.
 - ``unet_flops``: FLOPs of one grounded and one plain UNet call (classifier-free-guidance batch 2 at
   the scenario's latent size) counted by ``torch.utils.flop_counter.FlopCounterMode`` on the
   reference model built on the meta device (shapes only: no weights, no time). Attention runs
@@ -61,6 +64,48 @@ def matmul_peak(
             del a, b
         out[name] = best_rate
         log.info("matmul peak up to %d^3 %s: %.0f GFLOP/s", n, name, out[name])
+    return out
+
+
+def openvino_matmul_peak(n: int, min_seconds: float = 1.0, max_reps: int = 10) -> dict[str, float]:
+    """GFLOP/s of an n x n @ n x n OpenVINO MatMul on the CPU, keyed ``fp32-openvino`` /
+    ``bf16-openvino`` (best of n/4, n/2, n); {} when openvino is not installed."""
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("openvino") is None:
+        return {}
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    hints = {"fp32-openvino": "f32"}
+    if cpu_has_bf16():
+        hints["bf16-openvino"] = "bf16"
+    out: dict[str, float] = {}
+    rng = np.random.default_rng(0)
+    for name, hint in hints.items():
+        best_rate = 0.0
+        for size in sorted({max(n // 4, 64), max(n // 2, 64), n}):
+            a = ops.parameter([size, size], np.float32, name="a")
+            b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+            model = ov.Model([ops.matmul(a, b, False, False)], [a])
+            compiled = ov.Core().compile_model(
+                model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+            )
+            request = compiled.create_infer_request()
+            x = rng.standard_normal((size, size), dtype=np.float32)
+            request.infer({0: x})
+            best, spent, reps = float("inf"), 0.0, 0
+            while reps < 3 or (spent < min_seconds and reps < max_reps):
+                tic = time.perf_counter()
+                request.infer({0: x})
+                dt = time.perf_counter() - tic
+                best, spent, reps = min(best, dt), spent + dt, reps + 1
+            best_rate = max(best_rate, 2.0 * size**3 / best / 1e9)
+            del request, compiled, model
+        out[name] = best_rate
+        log.info("OpenVINO matmul peak up to %d^3 %s: %.0f GFLOP/s", n, name, best_rate)
     return out
 
 

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FOLDER_MANIFEST = "manifest.json"
 NEEDS_BUILD = ("tensorrt", "tensorrt-rtx")  # backends that cannot run a folder before `build`
+# built before they run: OpenVINO IR, static at the scenario's shape, with its compiled-model cache
+BUILT = NEEDS_BUILD + ("openvino", "openvino-bf16", "openvino-int8")
 
 
 def unavailable_reason(backend: str) -> str | None:
@@ -65,8 +67,8 @@ def engine_precision(config: Config) -> str:
 
 def runtime_backend(config: Config) -> str:
     """The runtime's backend name (runtime/backend.py BACKENDS) for a configuration."""
-    if config.backend == "openvino" and config.precision == "bf16":
-        return "openvino-bf16"
+    if config.backend == "openvino" and config.precision in ("bf16", "int8"):
+        return f"openvino-{config.precision}"
     return config.backend
 
 
@@ -124,7 +126,7 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
             info["export_s"] = time.perf_counter() - tic
         del source
     backend = runtime_backend(config)
-    if backend in NEEDS_BUILD and not (folder / backend).is_dir():
+    if backend in BUILT and not _built(folder, backend):
         from gligen_rt.engines.build import build
 
         tic = time.perf_counter()
@@ -133,6 +135,13 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
         info[f"build_{backend}_s"] = time.perf_counter() - tic
     info["keys"] = engine_keys(folder)
     return info
+
+
+def _built(folder: Path, backend: str) -> bool:
+    """Whether every engine of the folder has a manifest in DIR/<backend> (written last per engine)."""
+    from gligen_rt.engines.manifest import load_folder_manifest
+
+    return all((folder / backend / f"{e}.json").is_file() for e in load_folder_manifest(folder).engines)
 
 
 def _weights_bytes(folder: Path, engines: list[str]) -> int:

@@ -168,7 +168,7 @@ def sd_unet_times(
     else:
         from gligen_rt.engines.openvino import compile_model
 
-        hint = "bf16" if config.precision == "bf16" else "f32"
+        hint = "bf16" if config.precision in ("bf16", "int8") else "f32"  # int8: FP32 control in BF16
         compiled = compile_model(path, "CPU", hint, None, threads=threads)
         request = compiled.create_infer_request()
 

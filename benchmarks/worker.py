@@ -25,10 +25,13 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     scenario = Scenario.from_dict(task["scenario"])
     kind = task.get("task", "config")
     if kind == "machine":
-        from gligen_rt.benchmarks.machine import matmul_peak, unet_flops
+        from gligen_rt.benchmarks.machine import matmul_peak, openvino_matmul_peak, unet_flops
 
+        peaks = matmul_peak(scenario.matmul_size, scenario.device)
+        if scenario.device == "cpu":
+            peaks.update(openvino_matmul_peak(scenario.matmul_size))
         return {
-            "matmul_gflops": matmul_peak(scenario.matmul_size, scenario.device),
+            "matmul_gflops": peaks,
             "flops": unet_flops(scenario),
         }
     config = Config.from_dict(task["config"])

@@ -10,7 +10,9 @@
 | ort-cpu        | <engine>.<key>.onnx                        | ORT graph optimization, saved once         |
 | ort-cuda       | <engine>.<key>.onnx                        | same, for the CUDA provider                |
 | ort-trt        | ../<engine>.onnx + TensorRT EP caches      | the EP builds and caches its engines       |
-| openvino       | ../<engine>.onnx + cache/ compiled blobs   | OpenVINO compiles and caches blobs         |
+| openvino       | <engine>.xml/.bin (FP32 IR) + cache/       | OpenVINO IR, compiled once into cache/     |
+| openvino-bf16  | <engine>.xml/.bin (FP16 IR) + cache/       | same, BF16 inference                      |
+| openvino-int8  | <engine>.xml/.bin (INT8 weights) + cache/  | same, NNCF INT8 weight compression         |
 
 A manifest's `artifact` is relative to the manifest's folder. Every file is written atomically,
 so an interrupted build leaves no half-written artifact; re-running it rebuilds what is missing.
@@ -51,7 +53,23 @@ from gligen_rt.engines.spec import static as make_static
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("tensorrt", "tensorrt-rtx", "ort-cpu", "ort-cuda", "ort-trt", "openvino")
+BACKENDS = (
+    "tensorrt",
+    "tensorrt-rtx",
+    "ort-cpu",
+    "ort-cuda",
+    "ort-trt",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
+)
+# `--backend openvino --precision P` names the OpenVINO build of that precision.
+OPENVINO_PRECISIONS = {
+    None: "openvino",
+    "fp32": "openvino",
+    "bf16": "openvino-bf16",
+    "int8-w": "openvino-int8",
+}
 # Engines that `static` fixes, and their batch per requested image (the CFG batch is 2x).
 # The text and image encoders stay dynamic: box phrases and grounding images vary per request.
 STATIC_BATCH_PER_IMAGE = {GROUNDING: 2, UNET: 2, UNET_PLAIN: 2, VAE_DECODER: 1, VAE_ENCODER: 1}
@@ -87,8 +105,8 @@ def build(
     """Build every engine of the folder `onnx_dir` for `backend`; returns the artifact paths.
 
     precision: None builds as exported; "fp16" on an FP32 export uses BuilderFlag.FP16
-        (tensorrt) or the EP's FP16 mode (ort-trt); "bf16" / "fp16" for openvino are its
-        inference precision hints.
+        (tensorrt) or the EP's FP16 mode (ort-trt); for "openvino", "bf16" and "int8-w" select
+        the openvino-bf16 and openvino-int8 builds (engines/openvino.py BUILDS).
     static: (images, height, width) fixes grounding, the UNets (batch 2*images) and the VAE at one
         shape (min = opt = max) for CUDA graphs; the encoders stay dynamic.
     engines: a subset of the folder's engines (default: all of them).
@@ -96,6 +114,20 @@ def build(
     """
     if backend not in BACKENDS:
         raise EngineError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend.startswith("openvino"):
+        if precision not in OPENVINO_PRECISIONS:
+            raise EngineError(
+                f"openvino precision {precision!r} is not one of fp32, bf16, int8-w: "
+                "or use --backend openvino-bf16 / openvino-int8"
+            )
+        if backend == "openvino":
+            backend = OPENVINO_PRECISIONS[precision]
+        elif precision is not None and OPENVINO_PRECISIONS[precision] != backend:
+            raise EngineError(
+                f"--backend {backend} builds its own precision: drop --precision {precision} "
+                f"or use --backend {OPENVINO_PRECISIONS[precision]}"
+            )
+        precision = None
     src = Path(onnx_dir)
     folder = load_folder_manifest(src)
     out = Path(out_dir) if out_dir is not None else src / backend
@@ -173,7 +205,7 @@ def _build_one(
         spec = make_static(spec, *static)
     if backend.startswith("ort-"):
         return _build_ort(backend, onnx_path, spec, source, out, precision=precision, threads=threads)
-    return _build_openvino(onnx_path, spec, source, out, precision=precision, threads=threads)
+    return _build_openvino(backend, onnx_path, spec, source, out, threads=threads)
 
 
 def _flavor(graph_precision: str, precision: str) -> str:
@@ -273,46 +305,51 @@ def _build_ort(
 
 
 def _build_openvino(
+    backend: str,
     onnx_path: Path,
     spec: EngineSpec,
     source: EngineManifest,
     out: Path,
     *,
-    precision: str | None,
     threads: int | None,
 ) -> Path:
-    from gligen_rt.engines.openvino import compile_model, import_openvino
+    """OpenVINO IR (weights as the build asks) and its compiled blob in out/cache."""
+    from gligen_rt.engines.manifest import sha256_file
+    from gligen_rt.engines.openvino import BUILDS, IR_SUFFIX, compile_model, import_openvino, save_ir
 
     ov = import_openvino()
-    hint = {None: "f32", "fp32": "f32", "bf16": "bf16", "fp16": "f16"}.get(precision)
-    if hint is None:
-        raise EngineError(f"openvino precision {precision!r} is not one of fp32, bf16, fp16")
-    if source.precision == "fp16" and hint == "f32":
-        hint = "f16"
+    hint, weights = BUILDS[backend]
     shapes = None
     if spec.envelope.is_static:
         env = spec.envelope
         point = [r[0] if r else 1 for r in (env.batch, env.height, env.width)]
         all_shapes = concrete_shapes(spec, *point)
         shapes = {n: all_shapes[n] for n in spec.input_names}
-    compile_model(onnx_path, "CPU", hint, out / "cache", threads=threads, shapes=shapes)
+    xml = save_ir(onnx_path, out / f"{spec.name}{IR_SUFFIX}", weights, shapes=shapes)
+    bin_path = xml.with_suffix(".bin")
+    compiled = compile_model(xml, "CPU", hint, out / "cache", threads=threads)
+    del compiled  # compiling is the build: the blob is in out/cache now
     manifest = _manifest_for(
         source,
         spec,
-        "openvino",
-        onnx_path,
+        backend,
+        xml,
         out,
         precision=source.precision,
         builder={
             "device": "CPU",
             "precision_hint": hint,
+            "weights": weights,
+            "weights_file": bin_path.name,
+            "weights_size": bin_path.stat().st_size,
+            "weights_sha256": sha256_file(bin_path),
             "cache_dir": "cache",
             "shapes": {k: list(v) for k, v in shapes.items()} if shapes else None,
         },
         library_versions={"openvino": str(ov.__version__)},
     )
     write_manifest(out / f"{spec.name}.json", manifest)
-    return onnx_path
+    return xml
 
 
 # Backends whose build needs an NVIDIA GPU (TensorRT-RTX builds without one).
@@ -330,7 +367,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", type=Path, required=True, help="engine folder written by `gligen-rt export`")
     p.add_argument("--backend", required=True, choices=BACKENDS, help="what to build for")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/<backend>)")
-    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None, help="default: as exported")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16", "int8-w"],
+        default=None,
+        help="default: as exported (openvino: bf16 / int8-w select openvino-bf16 / openvino-int8)",
+    )
     p.add_argument("--static", default=None, help="images,height,width: one fixed shape (CUDA graphs)")
     p.add_argument("--engines", default=None, help="comma-separated subset of the folder's engines")
     p.add_argument("--workspace", type=int, default=None, help="TensorRT workspace in MiB")

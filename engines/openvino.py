@@ -1,23 +1,53 @@
-"""OpenVINO: compiles the exported ONNX graphs directly (the fastest CPU path measured, ENV_NOTES).
+"""OpenVINO: the exported graphs converted once to OpenVINO IR, compiled for the CPU.
 
-`precision_hint` "bf16" uses the CPU's BF16 units (about 2x over f32 on AVX512_BF16 CPUs) with a
-larger error (relative L2 of eps ~2.6e-2 on the UNet): measure the final image before making it a
-default. With `cache_dir`, compiled blobs are kept there and later loads skip compilation.
+Three builds (``gligen-rt build --backend B``), each in DIR/<B>/ and run by the runtime backend of
+the same name:
+
+| build / backend | IR weights on disk | inference precision | what it costs                         |
+|-----------------|--------------------|---------------------|---------------------------------------|
+| openvino        | FP32               | f32                 | exact (~1e-6 of the ONNX graph)       |
+| openvino-bf16   | FP16               | bf16 (AVX512_BF16 / AMX units) | eps relative L2 ~2.6e-2    |
+| openvino-int8   | INT8 (NNCF, asym.) | bf16 activations    | weights 1 byte each in memory         |
+
+The IR is written by ``ov.save_model`` (``compress_to_fp16`` for bf16: the CPU converts the weights
+to BF16 while compiling, so FP16 storage loses nothing BF16 keeps; INT8 by
+``nncf.compress_weights``). Loading compiles the IR (its weights are memory-mapped, OpenVINO's
+default for IR files) and keeps only the compiled model: the read model is released. With
+``cache_dir`` (OpenVINO's CACHE_DIR) compiled blobs are kept there and later loads skip
+compilation (measured in benchmarks/README.md).
+
+Attention: OpenVINO's CPU plugin fuses each ``MatMul -> Softmax -> MatMul`` of our graphs (SD's
+self- and cross-attention and the fused gated self-attention, export/fuse.py) into one
+multi-head-attention kernel (a ``Subgraph`` node of its runtime graph); ``attention_fusions``
+counts them in a compiled model, and a test checks that every attention of the tiny UNet is fused.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gligen_rt.core.errors import BackendUnavailable
+from gligen_rt.core.errors import BackendUnavailable, EngineError
 
 log = logging.getLogger(__name__)
 
 PRECISION_HINTS = ("f32", "bf16", "f16")
+IR_SUFFIX = ".xml"  # + .bin beside it (the weights)
+# Weight storage of the IR: "fp32" as exported, "fp16" (ov.save_model's compress_to_fp16),
+# "int8-w" (NNCF weight compression, INT8 asymmetric per output channel).
+WEIGHT_FORMATS = ("fp32", "fp16", "int8-w")
+# build / runtime backend -> (inference precision hint, IR weight format)
+BUILDS: dict[str, tuple[str, str]] = {
+    "openvino": ("f32", "fp32"),
+    "openvino-bf16": ("bf16", "fp16"),
+    "openvino-int8": ("bf16", "int8-w"),
+}
 
 
 def import_openvino() -> Any:
@@ -32,7 +62,8 @@ def import_openvino() -> Any:
 def compile_config(
     precision_hint: str = "f32", cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None
 ) -> dict[str, Any]:
-    """The properties passed to Core.compile_model."""
+    """The properties passed to Core.compile_model: precision hint, LATENCY (one request uses every
+    core), CACHE_DIR, INFERENCE_NUM_THREADS (None: one per core)."""
     if precision_hint not in PRECISION_HINTS:
         raise ValueError(f"precision hint {precision_hint!r} is not one of {PRECISION_HINTS}")
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision_hint, "PERFORMANCE_HINT": "LATENCY"}
@@ -44,7 +75,7 @@ def compile_config(
 
 
 def compile_model(
-    onnx_path: str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
     device: str = "CPU",
     precision_hint: str = "f32",
     cache_dir: str | os.PathLike[str] | None = None,
@@ -52,11 +83,12 @@ def compile_model(
     threads: int | None = None,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> Any:
-    """An openvino.CompiledModel for one exported graph.
+    """An openvino.CompiledModel for one graph (an IR .xml or an exported .onnx).
 
     device: an OpenVINO device name ("CPU", "GPU", "AUTO"); precision_hint: "f32" | "bf16" | "f16";
     cache_dir: folder for compiled blobs (created); threads: inference threads (None: all cores);
-    shapes: {input: shape} to compile a static model (otherwise the graph's dynamic dims stay).
+    shapes: {input: shape} to compile a static model (otherwise the graph's own shapes).
+    The model read for a reshape is released once compiled: only the compiled model holds weights.
     Call the result with {input name: array}; it returns outputs indexable by name.
     """
     ov = import_openvino()
@@ -65,8 +97,101 @@ def compile_model(
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     config = compile_config(precision_hint, cache_dir, threads)
     if shapes:
-        model = core.read_model(str(onnx_path))
+        model = core.read_model(str(model_path))
         model.reshape({name: list(shape) for name, shape in shapes.items()})
-        return core.compile_model(model, device, config)
+        compiled = core.compile_model(model, device, config)
+        del model
+        return compiled
     # Compiling from the path lets a cached blob skip reading the model at all.
-    return core.compile_model(str(onnx_path), device, config)
+    return core.compile_model(str(model_path), device, config)
+
+
+def save_ir(
+    onnx_path: str | os.PathLike[str],
+    xml_path: str | os.PathLike[str],
+    weights: str = "fp32",
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+) -> Path:
+    """Convert an exported graph to OpenVINO IR (xml + bin), atomically (the .xml appears last).
+
+    weights: "fp32" | "fp16" | "int8-w" (see WEIGHT_FORMATS); shapes: {input: shape} saves a static
+    IR (compiled without a reshape at load). Returns the .xml path.
+    """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weight format {weights!r} is not one of {WEIGHT_FORMATS}")
+    ov = import_openvino()
+    xml = Path(xml_path)
+    model = ov.Core().read_model(str(onnx_path))
+    if shapes:
+        model.reshape({name: list(shape) for name, shape in shapes.items()})
+    if weights == "int8-w":
+        model = compress_weights_int8(model)
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=xml.parent, prefix=f".{xml.name}."))
+    try:
+        ov.save_model(model, str(tmp / xml.name), compress_to_fp16=weights == "fp16")
+        del model
+        os.replace(tmp / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
+        os.replace(tmp / xml.name, xml)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return xml
+
+
+def compress_weights_int8(model: Any) -> Any:
+    """NNCF's INT8 weight compression (asymmetric, per output channel) of an ov.Model.
+
+    Weights of MatMul / Convolution / Gather become INT8 with FP scales and zero points; the CPU
+    decompresses them inside its kernels, so they stay 1 byte each in memory. Activations are not
+    quantized (no calibration data).
+    """
+    try:
+        import nncf
+    except ImportError:
+        raise BackendUnavailable("nncf is not installed: pip install 'gligen-rt[openvino]'") from None
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+def weights_path(xml_path: str | os.PathLike[str]) -> Path:
+    """The .bin beside an IR .xml."""
+    return Path(xml_path).with_suffix(".bin")
+
+
+def check_weights(xml_path: str | os.PathLike[str], size: int | None) -> None:
+    """EngineError (one line) when the IR's .bin is missing or has another size than recorded."""
+    p = weights_path(xml_path)
+    if not p.is_file():
+        raise EngineError(f"{p} is missing: rebuild with `gligen-rt build`")
+    if size is not None and p.stat().st_size != size:
+        raise EngineError(
+            f"corrupt {p}: {p.stat().st_size} bytes but its manifest says {size}: rebuild with `gligen-rt build`"
+        )
+
+
+def runtime_layer_types(compiled: Any) -> collections.Counter:
+    """Layer types of a compiled model's runtime (execution) graph, counted."""
+    return collections.Counter(
+        op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()
+    )
+
+
+def attention_fusions(model_path: str | os.PathLike[str], compiled: Any) -> tuple[int, int]:
+    """(attention patterns in the graph, those the CPU plugin fused into one kernel).
+
+    A pattern is one Softmax of the source graph; it counts as fused when the runtime node that
+    executes it also executes two MatMuls (the multi-head-attention Subgraph or ScaledAttn kernel)
+    rather than a stand-alone Softmax between two matrix products.
+    """
+    ov = import_openvino()
+    source = ov.Core().read_model(str(model_path))
+    types = {op.get_friendly_name(): op.get_type_name() for op in source.get_ops()}
+    softmaxes = {n for n, t in types.items() if t == "Softmax"}
+    del source
+    fused = 0
+    for op in compiled.get_runtime_model().get_ops():
+        names = op.get_rt_info()["originalLayersNames"].astype(str).split(",")
+        kinds = collections.Counter(types.get(n) for n in names)
+        if kinds["Softmax"] and kinds["MatMul"] >= 2 * kinds["Softmax"]:
+            fused += kinds["Softmax"]
+    return len(softmaxes), fused

@@ -9,7 +9,10 @@ The TensorRT provider compiles nodes, which ORT cannot save: it keeps its own en
 caches in the cache folder instead.
 
 `optimize_transformer` (opt-in, measured in the benchmarks) runs ORT's transformer optimizer for
-UNets with only the fusions the target provider can execute.
+UNets with only the fusions the target provider can execute. ORT 1.32's UNet attention fusion
+reads the head count with ``int()`` of a one-element array, which NumPy 2 rejects ("only
+0-dimensional arrays can be converted to Python scalars"); `_unet_model_class` subclasses its
+fusion with that one read fixed (no library function is patched).
 """
 
 from __future__ import annotations
@@ -216,6 +219,44 @@ def make_session(
     return ort.InferenceSession(str(model), so, providers=providers)
 
 
+def _unet_model_class() -> type:
+    """ORT's UnetOnnxModel whose attention fusion reads the head count NumPy-2-safely."""
+    import numpy as np
+    from onnxruntime.transformers.fusion_attention_unet import FusionAttentionUnet
+    from onnxruntime.transformers.onnx_model_unet import UnetOnnxModel
+
+    class _FusionAttentionUnet(FusionAttentionUnet):
+        def get_num_heads(self, reshape_q: Any, is_torch2: bool = False) -> int:
+            if is_torch2:
+                parent = self.model.get_parent(reshape_q, 1)
+                if parent is None or parent.op_type != "Concat" or len(parent.input) != 4:
+                    return 0
+                value = self.model.get_constant_value(parent.input[2])
+            else:
+                shape = self.model.get_constant_value(reshape_q.input[1])
+                ok = isinstance(shape, np.ndarray) and list(shape.shape) == [4]
+                value = shape[2:3] if ok else None
+            if isinstance(value, np.ndarray) and value.size == 1 and int(value.reshape(-1)[0]) > 0:
+                return int(value.reshape(-1)[0])
+            return 0
+
+    class _UnetModel(UnetOnnxModel):
+        def fuse_multi_head_attention(self, options: Any = None) -> None:
+            for cross in (False, True):
+                packed_qkv = not cross and (options is None or options.enable_packed_qkv)
+                packed_kv = cross and (options is None or options.enable_packed_kv)
+                _FusionAttentionUnet(
+                    self,
+                    self.hidden_size,
+                    self.num_heads,
+                    is_cross_attention=cross,
+                    enable_packed_qkv=packed_qkv,
+                    enable_packed_kv=packed_kv,
+                ).apply()
+
+    return _UnetModel
+
+
 def optimize_transformer(
     onnx_path: str | os.PathLike[str], out_path: str | os.PathLike[str], provider: str = "cpu"
 ) -> Path:
@@ -229,7 +270,6 @@ def optimize_transformer(
     if provider not in PROVIDERS:
         raise ValueError(f"unknown ONNX Runtime provider {provider!r}: choose one of {', '.join(PROVIDERS)}")
     import_ort()
-    from onnxruntime.transformers import optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
     src, dst = Path(onnx_path), Path(out_path)
@@ -245,15 +285,11 @@ def optimize_transformer(
     os.close(fd)
     try:
         onnx.shape_inference.infer_shapes_path(str(src), inferred)
-        model = optimizer.optimize_model(
-            inferred,
-            model_type="unet",
-            num_heads=0,
-            hidden_size=0,
-            optimization_options=options,
-            opt_level=0,
-            use_gpu=provider != "cpu",
-        )
+        model = _unet_model_class()(onnx.load(inferred), num_heads=0, hidden_size=0)
+        model.optimize(options)
+        model.topological_sort()
+        model.model.producer_name = "onnxruntime.transformers"
+        log.info("ORT transformer optimizer fused %s", model.get_fused_operator_statistics())
     finally:
         Path(inferred).unlink(missing_ok=True)
     external = (

@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
             "tensorrt-rtx",
             "openvino",
             "openvino-bf16",
+            "openvino-int8",
         ],
         help="torch: the PyTorch reference (default with --model/--checkpoint); an engine backend "
         "(default ort-cpu with --engines; with --model tiny-random its engines are exported once into "

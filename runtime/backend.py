@@ -16,8 +16,9 @@ serialized by a per-engine lock. ``load`` and ``close`` are not thread-safe.
 | ort-trt       | ONNX Runtime, TensorRT provider           | DIR/<engine>.onnx + DIR/ort-trt/ EP caches    |
 | tensorrt      | TensorRT plans, CuPy buffers, CUDA graphs | DIR/tensorrt/<engine>.plan (required)         |
 | tensorrt-rtx  | TensorRT-RTX plans, same runner           | DIR/tensorrt-rtx/<engine>.plan (required)     |
-| openvino      | OpenVINO CPU, precision hint f32          | DIR/<engine>.onnx (DIR/openvino/cache blobs)  |
-| openvino-bf16 | OpenVINO CPU, precision hint bf16         | same                                         |
+| openvino      | OpenVINO CPU, FP32                        | DIR/openvino/<engine>.xml IR + cache (built), else DIR/<engine>.onnx |
+| openvino-bf16 | OpenVINO CPU, BF16                        | DIR/openvino-bf16/ (built), else DIR/<engine>.onnx |
+| openvino-int8 | OpenVINO CPU, INT8 weights, BF16          | DIR/openvino-int8/ (required)                 |
 | torch         | the PyTorch reference (parity)            | the model the folder was exported from        |
 """
 
@@ -41,6 +42,7 @@ BACKENDS = (
     "tensorrt-rtx",
     "openvino",
     "openvino-bf16",
+    "openvino-int8",
     "torch",
 )
 
@@ -98,10 +100,10 @@ def make_backend(name: str, **options: Any) -> Backend:
         from .backend_ort import OrtBackend
 
         return OrtBackend(name.removeprefix("ort-"), **options)
-    if name in ("openvino", "openvino-bf16"):
+    if name in ("openvino", "openvino-bf16", "openvino-int8"):
         from .backend_openvino import OpenVinoBackend
 
-        return OpenVinoBackend("bf16" if name.endswith("bf16") else "f32", **options)
+        return OpenVinoBackend(name, **options)
     if name in ("tensorrt", "tensorrt-rtx"):
         from .backend_tensorrt import TensorRtBackend
 

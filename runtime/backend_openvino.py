@@ -1,8 +1,15 @@
-"""OpenVINO on the CPU: FP32 (precision hint f32) or BF16 (hint bf16, the CPU's AMX/AVX512_BF16 units).
+"""OpenVINO on the CPU: FP32 (``openvino``), BF16 (``openvino-bf16``), INT8 weights (``openvino-int8``).
 
-Reads the exported ONNX directly; with a built DIR/openvino/ (``gligen-rt build --backend
-openvino``) compiled blobs come from DIR/openvino/cache and static builds are compiled at their
-shape. An InferRequest is not thread-safe, so each engine keeps a pool: a call takes a free
+With a build (``gligen-rt build --backend B`` wrote DIR/B/) each engine is compiled from its IR
+(weights memory-mapped, read model released after compiling: no second copy of the weights) with
+compiled blobs in DIR/B/cache (OpenVINO's CACHE_DIR: later loads skip compilation). A static build
+is compiled at its shape. A dynamic build's request-size engines (grounding, UNets, VAE) are
+compiled static at the shape of their first call (reshaped from the IR; the blob is cached per
+shape) and recompiled when a request of another size or batch comes: one compiled model per
+engine at a time. Without a build, ``openvino`` and ``openvino-bf16`` compile the exported ONNX as
+it is (dynamic shapes, no cache); ``openvino-int8`` needs its build.
+
+An InferRequest is not thread-safe, so each compiled model keeps a pool: a call takes a free
 request (or creates one), runs it, copies the outputs out and returns it.
 """
 
@@ -11,19 +18,24 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import installed_versions, verify
-from gligen_rt.engines.openvino import compile_model, import_openvino
+from gligen_rt.engines.openvino import BUILDS, check_weights, compile_model, import_openvino
+from gligen_rt.engines.spec import GROUNDING, UNET, UNET_PLAIN, VAE_DECODER, VAE_ENCODER
 
 from .arrays import Array
 from .backend import Backend
 from .folder import EngineFolder
 
 log = logging.getLogger(__name__)
+
+# Engines whose shapes a request's size and image count fix: compiled static per shape.
+PER_SHAPE = (GROUNDING, UNET, UNET_PLAIN, VAE_DECODER, VAE_ENCODER)
 
 
 class _RequestPool:
@@ -44,7 +56,7 @@ class _RequestPool:
         with self._lock:
             request = self._free.pop() if self._free else self.compiled.create_infer_request()
         try:
-            request.infer({k: np.ascontiguousarray(v) for k, v in inputs.items()})
+            request.infer(inputs)
             # The request's output tensors are reused by its next inference: copy them out.
             return {n: np.array(request.get_tensor(p).data, copy=True) for n, p in self.outputs.items()}
         finally:
@@ -52,67 +64,113 @@ class _RequestPool:
                 self._free.append(request)
 
 
+class _Engine:
+    """One engine: its graph, how to compile it, and the compiled model (per shape when reshaped)."""
+
+    def __init__(self, name: str, path: Path, hint: str, cache_dir: Path | None, per_shape: bool) -> None:
+        self.name, self.path, self.hint, self.cache_dir = name, path, hint, cache_dir
+        self.per_shape = per_shape
+        self.shapes: tuple | None = None  # the input shapes the pool was compiled for (per_shape)
+        self.pool: _RequestPool | None = None
+        self.lock = threading.Lock()
+
+
 class OpenVinoBackend(Backend):
-    """precision_hint: "f32" | "bf16"; threads: inference threads (None: all cores)."""
+    """build: "openvino" | "openvino-bf16" | "openvino-int8" (engines/openvino.py BUILDS);
+    threads: inference threads (None: all cores); static_shapes: compile a dynamic build's
+    request-size engines at the request's shape (False: run them dynamic)."""
 
     def __init__(
-        self, precision_hint: str = "f32", *, threads: int | None = None, device: str = "CPU"
+        self,
+        build: str = "openvino",
+        *,
+        threads: int | None = None,
+        device: str = "CPU",
+        static_shapes: bool = True,
     ) -> None:
         super().__init__()
-        if precision_hint not in ("f32", "bf16"):
-            raise ValueError(f"precision hint {precision_hint!r} is not f32 or bf16")
-        self.precision_hint = precision_hint
-        self.name = "openvino" if precision_hint == "f32" else "openvino-bf16"
+        if build not in BUILDS:
+            raise ValueError(f"OpenVINO build {build!r} is not one of {', '.join(BUILDS)}")
+        self.name = build
+        self.precision_hint = BUILDS[build][0]
         self.threads = threads
         self.device = device
+        self.static_shapes = static_shapes
         import_openvino()
-        self._pools: dict[str, _RequestPool] = {}
+        self._engines: dict[str, _Engine] = {}
+
+    def _compile(self, e: _Engine, shapes: Mapping[str, tuple[int, ...]] | None) -> _RequestPool:
+        try:
+            compiled = compile_model(
+                e.path, self.device, e.hint, e.cache_dir, threads=self.threads, shapes=shapes
+            )
+        except RuntimeError as err:
+            msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise EngineError(f"OpenVINO cannot compile {e.path} ({msg}): rebuild or re-export it") from None
+        return _RequestPool(compiled, self.specs[e.name].output_names)
 
     def load(self, folder: EngineFolder, engines: Sequence[str]) -> None:
         versions = installed_versions("openvino")
         for name in engines:
             spec = folder.specs[name]
-            cache_dir = None
-            shapes = None
-            built = folder.built_spec("openvino", name)
+            built = folder.built_spec(self.name, name)
             if built is not None:
                 spec, manifest = built
-                verify(manifest, library_versions=versions)
-                cache_dir = folder.built_dir("openvino") / str(manifest.builder.get("cache_dir") or "cache")
-                given = manifest.builder.get("shapes")
-                shapes = {k: tuple(v) for k, v in given.items()} if given else None
-            try:
-                compiled = compile_model(
-                    folder.onnx_path(name),
-                    self.device,
-                    self.precision_hint,
-                    cache_dir,
-                    threads=self.threads,
-                    shapes=shapes,
+                built_dir = folder.built_dir(self.name)
+                path = built_dir / manifest.artifact
+                verify(manifest, library_versions=versions, artifact_path=path)
+                check_weights(path, manifest.builder.get("weights_size"))
+                cache_dir = built_dir / str(manifest.builder.get("cache_dir") or "cache")
+                hint = str(manifest.builder.get("precision_hint") or self.precision_hint)
+                static = bool(manifest.builder.get("shapes"))
+                engine = _Engine(
+                    name, path, hint, cache_dir, self.static_shapes and not static and name in PER_SHAPE
                 )
-            except RuntimeError as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            elif self.name == "openvino-int8":
                 raise EngineError(
-                    f"OpenVINO cannot compile {folder.onnx_path(name)} ({msg}): re-export it"
-                ) from None
-            got = [i.get_any_name() for i in compiled.inputs]
-            names_in = {n for i in compiled.inputs for n in i.get_names()}
-            names_out = {n for o in compiled.outputs for n in o.get_names()}
-            if (
-                len(got) != len(spec.inputs)
-                or not set(spec.input_names) <= names_in
-                or not set(spec.output_names) <= names_out
-            ):
-                raise EngineError(
-                    f"{name}.onnx has inputs {got}, its spec {list(spec.input_names)}: re-export"
+                    f"{folder.path} has no openvino-int8 build of {name}: "
+                    f"run `gligen-rt build --onnx {folder.path} --backend openvino-int8`"
                 )
-            self._pools[name] = _RequestPool(compiled, spec.output_names)
+            else:
+                engine = _Engine(name, folder.onnx_path(name), self.precision_hint, None, False)
             self.specs[name] = spec
+            self._engines[name] = engine
+            if not engine.per_shape:  # per-shape engines compile at their first call
+                engine.pool = self._compile(engine, None)
+                self._check_io(engine, spec)
+
+    def _check_io(self, e: _Engine, spec: Any) -> None:
+        assert e.pool is not None
+        compiled = e.pool.compiled
+        got = [i.get_any_name() for i in compiled.inputs]
+        names_in = {n for i in compiled.inputs for n in i.get_names()}
+        names_out = {n for o in compiled.outputs for n in o.get_names()}
+        if (
+            len(got) != len(spec.inputs)
+            or not set(spec.input_names) <= names_in
+            or not set(spec.output_names) <= names_out
+        ):
+            raise EngineError(f"{e.path.name} has inputs {got}, its spec {list(spec.input_names)}: rebuild")
+
+    def _pool(self, e: _Engine, inputs: Mapping[str, np.ndarray]) -> _RequestPool:
+        if not e.per_shape:
+            assert e.pool is not None
+            return e.pool
+        shapes = tuple((k, tuple(v.shape)) for k, v in sorted(inputs.items()))
+        with e.lock:
+            if e.shapes != shapes or e.pool is None:
+                log.info("compiling %s for %s", e.name, dict(shapes))
+                e.pool = None  # release the previous shape's compiled model first
+                e.pool = self._compile(e, dict(shapes))
+                e.shapes = shapes
+                self._check_io(e, self.specs[e.name])
+            return e.pool
 
     def run(self, engine: str, inputs: Mapping[str, Array]) -> dict[str, Array]:
         self._check_loaded(engine)
-        return self._pools[engine].run(inputs)
+        arrays = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
+        return self._pool(self._engines[engine], arrays).run(arrays)
 
     def close(self) -> None:
-        self._pools.clear()
+        self._engines.clear()
         self.specs.clear()

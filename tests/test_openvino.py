@@ -1,0 +1,143 @@
+"""OpenVINO builds on the tiny text-box engines: IR written once with its manifest, the runtime runs the
+IR (not the ONNX) with a compiled-model cache, request-size engines compiled static per shape, every
+attention fused by the CPU plugin, BF16 / INT8-weight builds, and one-line errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_runtime_support import engine_folder, psnr, request_for, write_images
+
+from gligen_rt.core.errors import EngineError
+from gligen_rt.runtime import GligenPipeline
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino is not installed"
+)
+HAS_NNCF = importlib.util.find_spec("nncf") is not None
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the tiny text-box folder (builds write into it), built for openvino."""
+    from gligen_rt.engines.build import build
+
+    src = engine_folder(tmp_path_factory, "text-box", False, plain=True)
+    dst = tmp_path_factory.mktemp("ov") / "engines"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("ort-*", "openvino*", "tensorrt*"))
+    build(dst, "openvino", progress=False)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def ort_image(folder: Path, images: dict[str, str]) -> np.ndarray:
+    with GligenPipeline.from_engines(folder, "ort-cpu", threads=2) as p:
+        return p(request_for("text-box", False, images)).images
+
+
+def test_build_writes_ir_with_manifest_and_cache(folder: Path) -> None:
+    from gligen_rt.engines.manifest import load_manifest, verify
+
+    out = folder / "openvino"
+    for name in ("text_encoder", "grounding", "unet", "unet_plain", "vae_decoder"):
+        m = load_manifest(out / f"{name}.json")
+        assert m.backend == "openvino" and m.artifact == f"{name}.xml"
+        assert m.builder["weights"] == "fp32" and m.builder["precision_hint"] == "f32"
+        assert (out / f"{name}.bin").stat().st_size == m.builder["weights_size"]
+        verify(m, artifact_path=out / m.artifact)
+    assert any((out / "cache").iterdir())
+    # FP32 IR weights are the ONNX graph's weights: same size up to the graph itself
+    onnx_bytes = (folder / "unet.onnx").stat().st_size
+    assert 0.9 * onnx_bytes < (out / "unet.bin").stat().st_size <= onnx_bytes
+
+
+def test_runtime_runs_the_ir_per_shape(folder: Path, images: dict[str, str], ort_image: np.ndarray) -> None:
+    """The runtime compiles the IR (not the ONNX), the request-size engines at the request's shape,
+    and recompiles them for another batch; the images equal ORT CPU's."""
+    with GligenPipeline.from_engines(folder, "openvino", threads=2) as p:
+        engines = p.backend._engines
+        assert all(e.path.suffix == ".xml" for e in engines.values())
+        assert engines["unet"].per_shape and not engines["text_encoder"].per_shape
+        assert engines["unet"].pool is None  # compiled at its first call
+        got = p(request_for("text-box", False, images)).images
+        assert psnr(got, ort_image) >= 45.0
+        assert dict(engines["unet"].shapes)["sample"][0] == 2
+        two = p(request_for("text-box", False, images, num_images=2)).images
+        assert dict(engines["unet"].shapes)["sample"][0] == 4
+        assert psnr(two[:1], ort_image) >= 45.0
+
+
+def test_every_attention_is_fused(folder: Path) -> None:
+    """OpenVINO's CPU plugin runs each attention (SD self- and cross-attention and the fused gated
+    self-attention) as one fused kernel, at f32 and bf16, dynamic and static."""
+    from gligen_rt.engines.openvino import attention_fusions, compile_model
+
+    xml = folder / "openvino" / "unet.xml"
+    shapes = {
+        "sample": (2, 4, 8, 8),
+        "timestep": (1,),
+        "context": (2, 77, 32),
+        "tokens": (2, 30, 32),
+        "gate": (1,),
+    }
+    for hint, shp in (("f32", None), ("bf16", shapes)):
+        total, fused = attention_fusions(xml, compile_model(xml, "CPU", hint, shapes=shp))
+        assert total == 3 * 16 and fused == total, (hint, total, fused)  # 16 blocks x (self, cross, gated)
+
+
+def test_bf16_build(folder: Path, images: dict[str, str], ort_image: np.ndarray) -> None:
+    from gligen_rt.engines.build import build
+
+    build(folder, "openvino", precision="bf16", progress=False, engines=None)
+    out = folder / "openvino-bf16"
+    # FP16 storage: half the FP32 IR's weights
+    assert (out / "unet.bin").stat().st_size < 0.6 * (folder / "openvino" / "unet.bin").stat().st_size
+    with GligenPipeline.from_engines(folder, "openvino-bf16", threads=2) as p:
+        assert p.backend._engines["unet"].path == out / "unet.xml"
+        got = p(request_for("text-box", False, images)).images
+    assert 30.0 <= psnr(got, ort_image) < float("inf")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_NNCF, reason="nncf is not installed")
+def test_int8_weight_build(folder: Path, images: dict[str, str], ort_image: np.ndarray) -> None:
+    """NNCF INT8 weights: about a quarter of the FP32 bytes, image close to FP32's (at 128 px: OpenVINO
+    rejects NNCF's tiny UNet at an 8x8 latent)."""
+    from gligen_rt.engines.build import build
+
+    with pytest.raises(EngineError, match="build") as e:
+        GligenPipeline.from_engines(folder, "openvino-int8")
+    assert "\n" not in str(e.value)
+    build(folder, "openvino-int8", progress=False)
+    out = folder / "openvino-int8"
+    assert (out / "unet.bin").stat().st_size < 0.35 * (folder / "openvino" / "unet.bin").stat().st_size
+    req = request_for("text-box", False, images, height=128, width=128)
+    with GligenPipeline.from_engines(folder, "openvino", threads=2) as p:
+        want = p(req).images
+    with GligenPipeline.from_engines(folder, "openvino-int8", threads=2) as p:
+        got = p(req).images
+    assert 25.0 <= psnr(got, want) < float("inf")
+
+
+def test_build_errors_are_one_line(folder: Path, tmp_path: Path) -> None:
+    from gligen_rt.engines.build import build
+
+    for backend, precision in (("openvino-bf16", "int8-w"), ("openvino", "fp16")):
+        with pytest.raises(EngineError) as e:
+            build(folder, backend, precision=precision, progress=False)
+        assert "\n" not in str(e.value) and "--backend" in str(e.value)
+    broken = tmp_path / "engines"
+    shutil.copytree(folder, broken, ignore=shutil.ignore_patterns("openvino-*"))
+    (broken / "openvino" / "unet.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(EngineError) as e:
+        GligenPipeline.from_engines(broken, "openvino")
+    assert "\n" not in str(e.value) and "unet.bin" in str(e.value)
