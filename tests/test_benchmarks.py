@@ -248,3 +248,17 @@ def test_stats_timer_and_psnr() -> None:
     b = a.copy()
     b[0, 0, 0, 0] = 255
     assert psnr(b, a) == pytest.approx(10 * math.log10(255**2 / (255**2 / a.size)))
+
+
+def test_peak_is_the_best_library_of_the_precision() -> None:
+    """Shares are taken against the best matmul any library reached in the run (torch or OpenVINO);
+    INT8-weight configurations compute in BF16."""
+    from gligen_rt.benchmarks.report import peak_for
+
+    record = {
+        "scenario": {"device": "cpu"},
+        "machine": {"matmul_gflops": {"fp32": 90.0, "bf16": 214.0, "bf16-openvino": 329.0}},
+    }
+    assert peak_for(record, {"precision": "bf16"}) == ("bf16", 329.0)
+    assert peak_for(record, {"precision": "int8"}) == ("bf16", 329.0)
+    assert peak_for(record, {"precision": "fp32"}) == ("fp32", 90.0)
