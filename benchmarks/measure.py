@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import resource
 import shutil
 import subprocess
@@ -23,6 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from gligen_rt.core.imageio import psnr  # noqa: F401  (one PSNR: core's; re-exported here)
 
 # Canonical stage names (one per engine) and what the report calls them.
 STAGES = {
@@ -198,13 +199,3 @@ class MemoryMonitor:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def psnr(image: np.ndarray, reference: np.ndarray) -> float:
-    """PSNR in dB of uint8 images of equal shape (inf when identical)."""
-    a = np.asarray(image, dtype=np.float64)
-    b = np.asarray(reference, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"image {a.shape} and reference {b.shape} differ in shape")
-    mse = float(np.mean((a - b) ** 2))
-    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from gligen_rt.core.backends import BUILD_BACKENDS
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import (
     EngineManifest,
@@ -34,6 +35,7 @@ from gligen_rt.engines.manifest import (
     load_manifest,
     manifest_path_for,
     onnx_files,
+    runs_fp16,
     verify,
     write_manifest,
 )
@@ -53,16 +55,6 @@ from gligen_rt.engines.spec import static as make_static
 
 log = logging.getLogger(__name__)
 
-BACKENDS = (
-    "tensorrt",
-    "tensorrt-rtx",
-    "ort-cpu",
-    "ort-cuda",
-    "ort-trt",
-    "openvino",
-    "openvino-bf16",
-    "openvino-int8",
-)
 # `--backend openvino --precision P` names the OpenVINO build of that precision.
 OPENVINO_PRECISIONS = {
     None: "openvino",
@@ -70,6 +62,8 @@ OPENVINO_PRECISIONS = {
     "bf16": "openvino-bf16",
     "int8-w": "openvino-int8",
 }
+# TensorRT builders (also ONNX Runtime's TensorRT provider) that can run an FP32 graph at FP16.
+_TRT_FAMILY = ("tensorrt", "tensorrt-rtx", "ort-trt")
 # Engines that `static` fixes, and their batch per requested image (the CFG batch is 2x).
 # The text and image encoders stay dynamic: box phrases and grounding images vary per request.
 STATIC_BATCH_PER_IMAGE = {GROUNDING: 2, UNET: 2, UNET_PLAIN: 2, VAE_DECODER: 1, VAE_ENCODER: 1}
@@ -104,7 +98,8 @@ def build(
 ) -> list[Path]:
     """Build every engine of the folder `onnx_dir` for `backend`; returns the artifact paths.
 
-    precision: None builds as exported; "fp16" on an FP32 export uses BuilderFlag.FP16
+    precision: None builds as exported (the export's manifest says: an FP32 export stays FP32
+        unless it was exported for the FP16 flag; the built manifest records what was built); "fp16" on an FP32 export uses BuilderFlag.FP16
         (tensorrt) or the EP's FP16 mode (ort-trt); for "openvino", "bf16" and "int8-w" select
         the openvino-bf16 and openvino-int8 builds (engines/openvino.py BUILDS).
     static: (images, height, width) fixes grounding, the UNets (batch 2*images) and the VAE at one
@@ -112,8 +107,8 @@ def build(
     engines: a subset of the folder's engines (default: all of them).
     out_dir: default DIR/<backend>.
     """
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if backend not in BUILD_BACKENDS:
+        raise EngineError(f"unknown backend {backend!r}: choose one of {', '.join(BUILD_BACKENDS)}")
     if backend.startswith("openvino"):
         if precision not in OPENVINO_PRECISIONS:
             raise EngineError(
@@ -151,8 +146,10 @@ def build(
             )
         verify(source, artifact_path=onnx_path)
         engine_precision = precision
-        if engine_precision is None and source.flavor == "fp32-fp16-flag" and backend.startswith("tensorrt"):
-            engine_precision = "fp16"  # the TRT-10 flavor: an FP32 graph built with the FP16 flag
+        if engine_precision is None and backend in _TRT_FAMILY:
+            # As exported, read from the manifest: FP16 graphs and FP32 graphs exported for the FP16
+            # flag run FP16; anything else stays FP32 (never switched on silently).
+            engine_precision = "fp16" if runs_fp16(source) else source.precision
         built.append(
             _build_one(
                 backend,
@@ -186,8 +183,6 @@ def _build_one(
     if backend in ("tensorrt", "tensorrt-rtx"):
         from gligen_rt.engines.tensorrt import PLAN_SUFFIX, build_engine, choose_flavor
 
-        if precision is None and source.flavor == "fp32-fp16-flag":
-            precision = "fp16"  # an FP32 graph exported for a build with the FP16 flag
         flavor = choose_flavor(backend, source.precision, precision)
         return build_engine(
             onnx_path,
@@ -275,7 +270,7 @@ def _build_ort(
             f"ONNX Runtime runs the graph as exported ({source.precision}): "
             f"re-export with `gligen-rt export --precision {precision}`"
         )
-    effective = precision or ("fp16" if provider == "tensorrt" else source.precision)
+    effective = precision or source.precision  # build() resolved ort-trt's from the manifest
     fp16 = effective == "fp16"
     session = make_session(
         onnx_path, provider, optimized_cache_dir=out, threads=threads, spec=spec, fp16=fp16
@@ -365,7 +360,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(see `gligen-rt inspect DIR/<backend>`). Nothing is left behind when the build is refused.",
     )
     p.add_argument("--onnx", type=Path, required=True, help="engine folder written by `gligen-rt export`")
-    p.add_argument("--backend", required=True, choices=BACKENDS, help="what to build for")
+    p.add_argument("--backend", required=True, choices=BUILD_BACKENDS, help="what to build for")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/<backend>)")
     p.add_argument(
         "--precision",

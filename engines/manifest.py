@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gligen_rt.core.errors import EngineError
+from gligen_rt.core.errors import EngineError, first_line
 
 FORMAT_VERSION = 1
 FOLDER_MANIFEST = "manifest.json"
@@ -134,6 +134,12 @@ class FolderManifest:
         return cls(**kw, extra={k: v for k, v in d.items() if k not in names})
 
 
+def runs_fp16(m: EngineManifest) -> bool:
+    """Whether an engine runs FP16 kernels, read from what its manifest records (never guessed):
+    an FP16 graph, or an FP32 graph exported or built for the FP16 flag (flavor fp32-fp16-flag)."""
+    return m.precision == "fp16" or m.flavor == "fp32-fp16-flag"
+
+
 # ---------------------------------------------------------------------------------------------
 # Hashing
 
@@ -226,7 +232,7 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         raise EngineError(
             f"corrupt {what} {path} (truncated or not JSON: {msg}): re-export/rebuild the engine folder"
         ) from None
@@ -249,7 +255,7 @@ def load_manifest(path: str | os.PathLike[str]) -> EngineManifest:
         return EngineManifest.from_dict(d)
     except (TypeError, ValueError) as e:
         raise EngineError(
-            f"corrupt engine manifest {path} ({_one_line(e)}): re-export/rebuild the engine folder"
+            f"corrupt engine manifest {path} ({first_line(e)}): re-export/rebuild the engine folder"
         ) from None
 
 
@@ -261,13 +267,8 @@ def load_folder_manifest(engine_dir: str | os.PathLike[str]) -> FolderManifest:
         return FolderManifest.from_dict(d)
     except (TypeError, ValueError) as e:
         raise EngineError(
-            f"corrupt engine folder manifest {path} ({_one_line(e)}): re-export the engine folder"
+            f"corrupt engine folder manifest {path} ({first_line(e)}): re-export the engine folder"
         ) from None
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0] if s else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------

@@ -87,25 +87,33 @@ def provider_options(
     provider: str,
     *,
     cache_dir: str | os.PathLike[str] | None = None,
-    fp16: bool = True,
+    fp16: bool = False,
     spec: EngineSpec | None = None,
+    device_id: int = 0,
+    stream: int | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """The `providers` list for InferenceSession, with a fallback chain ending on the CPU.
 
-    tensorrt: FP16 (for FP32 graphs; FP16 graphs are FP16 anyway), engine and timing caches in
-    `cache_dir`, and explicit profile shapes from `spec` so changing shapes inside the envelope
-    never rebuilds an engine.
+    device_id: the CUDA device of the CUDA and TensorRT providers (``--device N``).
+    stream: the address of the CUDA stream the providers compute on (``user_compute_stream``): the
+        runtime's own stream, so engine calls and its CuPy work are ordered without host waits.
+    tensorrt: FP16 kernels only when `fp16` says so (the export's manifest or an explicit
+    ``--precision fp16``; never by default), engine and timing caches in `cache_dir`, and explicit
+    profile shapes from `spec` so changing shapes inside the envelope never rebuilds an engine.
     """
     cpu = ("CPUExecutionProvider", {})
+    gpu: dict[str, Any] = {"device_id": int(device_id)}
+    if stream is not None:
+        gpu["user_compute_stream"] = str(int(stream))
     cuda = (
         "CUDAExecutionProvider",
-        {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True},
+        {**gpu, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True},
     )
     if provider == "cpu":
         return [cpu]
     if provider == "cuda":
         return [cuda, cpu]
-    opts: dict[str, Any] = {"device_id": 0, "trt_fp16_enable": bool(fp16)}
+    opts: dict[str, Any] = {**gpu, "trt_fp16_enable": bool(fp16)}
     if cache_dir is not None:
         d = str(Path(cache_dir))
         opts.update(
@@ -190,7 +198,9 @@ def make_session(
     threads: int | None = None,
     optimize: bool | None = None,
     spec: EngineSpec | None = None,
-    fp16: bool = True,
+    fp16: bool = False,
+    device_id: int = 0,
+    stream: int | None = None,
 ) -> Any:
     """An onnxruntime.InferenceSession for one exported graph.
 
@@ -200,12 +210,15 @@ def make_session(
     optimize: use/write the saved optimized model; None means yes when a cache folder is given and
         the provider is not tensorrt. The session itself always runs at level ALL.
     threads: intra-op threads (None: ORT's default, all cores).
-    spec, fp16: TensorRT EP only: profile shapes from the spec, FP16 kernels.
+    spec, fp16: TensorRT EP only: profile shapes from the spec, FP16 kernels (off unless asked).
+    device_id, stream: CUDA / TensorRT providers: the device and the compute stream (provider_options).
     """
     ort = import_ort()
     _check_provider(ort, provider)
     src = Path(onnx_path)
-    providers = provider_options(provider, cache_dir=optimized_cache_dir, fp16=fp16, spec=spec)
+    providers = provider_options(
+        provider, cache_dir=optimized_cache_dir, fp16=fp16, spec=spec, device_id=device_id, stream=stream
+    )
     if provider == "tensorrt" and optimized_cache_dir is not None:
         Path(optimized_cache_dir).mkdir(parents=True, exist_ok=True)
     if optimize is None:

@@ -10,7 +10,9 @@ expose the same Python API for what is used here; the differences are handled in
   typed, and FP32 graphs with BuilderFlag.FP16 weakly typed ("fp32-fp16-flag").
 
 The builder runs without a GPU for TensorRT-RTX (the plan is portable across RTX GPUs); TensorRT
-needs one. Running any plan needs an NVIDIA GPU and cuda-python (`cuda.bindings`, imported lazily).
+needs one. Plans run in the runtime (runtime/backend_tensorrt.py, CuPy buffers on one stream); the
+execution-context settings they share with tools (CUDA-graph strategy, RTX runtime cache, shared
+scratch memory) and the one logger live here.
 """
 
 from __future__ import annotations
@@ -22,24 +24,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from gligen_rt.core.backends import TRT_MODULES
 from gligen_rt.core.errors import BackendUnavailable, EngineError
 from gligen_rt.engines.manifest import (
     FLAVORS,
     EngineManifest,
     atomic_write_bytes,
-    load_manifest,
     manifest_path_for,
     onnx_sha256,
-    verify,
     write_manifest,
 )
 from gligen_rt.engines.spec import EngineSpec, fingerprint, spec_to_dict, static, trt_profile
 
 log = logging.getLogger(__name__)
 
-BACKENDS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+BACKENDS = TRT_MODULES  # {backend name: Python module}, from gligen_rt.core.backends
 PLAN_SUFFIX = ".plan"
 _EXTRA = {"tensorrt": "trt", "tensorrt-rtx": "trt-rtx"}
 
@@ -83,8 +82,8 @@ def choose_flavor(backend: str, onnx_precision: str, precision: str | None = Non
     return "fp32-fp16-flag"
 
 
-def _make_logger(trt: Any) -> Any:
-    """TensorRT's built-in logger (prints to stderr), at WARNING, or VERBOSE when DEBUG is on.
+def make_logger(trt: Any) -> Any:
+    """The one TensorRT logger of builders, tools and the runtime: TensorRT's built-in logger (prints to stderr), at WARNING, or VERBOSE when DEBUG is on.
 
     Not a Python ILogger subclass on purpose: TensorRT calls its logger from its own threads while
     holding internal locks, and a Python callback there (it needs the GIL) deadlocked the builder.
@@ -104,21 +103,46 @@ def _parser_errors(parser: Any) -> str:
     return "; ".join(msgs) or "unknown parser error"
 
 
-def gpu_compute_capability() -> str | None:
-    """ "major.minor" of the current CUDA device through cuda-python, or None (no GPU or library)."""
+def gpu_compute_capability(device_id: int = 0) -> str | None:
+    """ "major.minor" of CUDA device `device_id` through CuPy, or None (no GPU or no CuPy)."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
+        import cupy
+
+        cc = cupy.cuda.Device(int(device_id)).compute_capability  # e.g. "89"
+    except Exception:  # ImportError, or CUDARuntimeError without a driver / device
         return None
-    err, dev = cudart.cudaGetDevice()
-    if err != cudart.cudaError_t.cudaSuccess:
-        return None
-    attr = cudart.cudaDeviceAttr
-    err1, major = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMajor, dev)
-    err2, minor = cudart.cudaDeviceGetAttribute(attr.cudaDevAttrComputeCapabilityMinor, dev)
-    if err1 != cudart.cudaError_t.cudaSuccess or err2 != cudart.cudaError_t.cudaSuccess:
-        return None
-    return f"{major}.{minor}"
+    return f"{cc[:-1]}.{cc[-1]}"
+
+
+# Layer types of data-dependent control flow (ONNX If / Loop). A CUDA graph records one path
+# through such an engine (the one taken at capture) and replays it for every input: never capture.
+CONTROL_FLOW_LAYERS = (
+    "CONDITION",
+    "CONDITIONAL_INPUT",
+    "CONDITIONAL_OUTPUT",
+    "TRIP_LIMIT",
+    "RECURRENCE",
+    "ITERATOR",
+    "LOOP_OUTPUT",
+)
+
+
+def control_flow_layers(trt: Any, network: Any) -> list[str]:
+    """The sorted control-flow layer types (CONTROL_FLOW_LAYERS) of a parsed network; [] when none."""
+    kinds = {getattr(trt.LayerType, k, None): k for k in CONTROL_FLOW_LAYERS}
+    kinds.pop(None, None)
+    found = {
+        kinds[network.get_layer(i).type]
+        for i in range(network.num_layers)
+        if network.get_layer(i).type in kinds
+    }
+    return sorted(found)
+
+
+def cuda_graph_allowed(builder: Mapping[str, Any]) -> bool:
+    """May a plan be captured into a CUDA graph? Only when its build recorded no control flow
+    (`builder["control_flow"] == []`); plans built before that was recorded are never captured."""
+    return builder.get("control_flow") == []
 
 
 def _check_io(trt: Any, network: Any, spec: EngineSpec, onnx_name: str) -> None:
@@ -140,6 +164,18 @@ def _check_io(trt: Any, network: Any, spec: EngineSpec, onnx_name: str) -> None:
                 f"{onnx_name}: {t.name} is {t.dtype} but the {spec.name} spec says {want} "
                 "(engine I/O stays float32/int32 at every precision): re-export the engine folder"
             )
+
+
+def _scratch_bytes(trt: Any, logger: Any, data: memoryview) -> int | None:
+    """The built plan's scratch memory (device_memory_size_v2), when a GPU here can load it."""
+    if gpu_compute_capability() is None:
+        return None
+    try:
+        engine = trt.Runtime(logger).deserialize_cuda_engine(data)
+        return None if engine is None else device_memory_size(engine)
+    except Exception as e:  # reporting only: the plan itself is fine
+        log.info("could not read the plan's scratch size: %s", e)
+        return None
 
 
 def build_engine(
@@ -171,7 +207,7 @@ def build_engine(
     onnx_path, out_path = Path(onnx_path), Path(out_path)
     if static_shape is not None:
         spec = static(spec, *static_shape)
-    logger = _make_logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     strongly_typed = is_rtx(backend) or flavor != "fp32-fp16-flag"
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
@@ -181,6 +217,7 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         raise EngineError(f"{BACKENDS[backend]} could not parse {onnx_path.name}: {_parser_errors(parser)}")
     _check_io(trt, network, spec, onnx_path.name)
+    control_flow = control_flow_layers(trt, network)
 
     config = builder.create_builder_config()
     if flavor == "fp32-fp16-flag":
@@ -221,6 +258,7 @@ def build_engine(
         atomic_write_bytes(cache_path, memoryview(config.get_timing_cache().serialize()))
 
     data = memoryview(serialized)
+    scratch = _scratch_bytes(trt, logger, data)
     old_manifest = manifest_path_for(out_path)
     old_manifest.unlink(missing_ok=True)  # a plan is never paired with a stale manifest
     atomic_write_bytes(out_path, data)
@@ -231,6 +269,10 @@ def build_engine(
         "workspace": workspace,
         "timing_cache": use_cache,
         "builder_optimization_level": getattr(config, "builder_optimization_level", None),
+        # Data-dependent control flow (e.g. the gate-skip UNet's If layers): never CUDA-graph captured.
+        "control_flow": control_flow,
+        # Scratch (activation) bytes a context needs; None where no GPU could load the plan here.
+        "device_memory": scratch,
     }
     write_manifest(
         old_manifest,
@@ -258,281 +300,63 @@ def build_engine(
 
 
 # ---------------------------------------------------------------------------------------------
-# Running (GPU only)
+# Execution contexts: the one place that knows TensorRT vs TensorRT-RTX at run time
+
+RUNTIME_CACHE = "runtime.cache"  # TensorRT-RTX's JIT-compiled kernels, beside the plans
 
 
-class CudaDevice:
-    """Device memory, one stream and CUDA graphs through cuda-python's runtime API (`cuda.bindings`).
+def device_memory_size(engine: Any) -> int:
+    """Bytes of scratch (activation) memory an execution context of `engine` needs at most."""
+    size = getattr(engine, "device_memory_size_v2", None)
+    return int(size if size is not None else engine.device_memory_size)
 
-    cuda-python is chosen over torch (the runtime is torch-free), CuPy (large) and PyCUDA (a
-    context of its own): it is NVIDIA's thin binding to the CUDA runtime that TensorRT's samples use.
-    Every call returns an error code first; `_check` turns a failure into a one-line EngineError.
+
+class RuntimeCache:
+    """TensorRT-RTX's runtime cache in one file: kernels JIT-compiled in one process are reused by
+    the next (without it every process compiles them again at load). Shared by a folder's plans."""
+
+    def __init__(self, engine: Any, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.cache = engine.create_runtime_config().create_runtime_cache()
+        if self.path.is_file() and not self.cache.deserialize(self.path.read_bytes()):
+            log.info("runtime cache %s does not match this GPU/driver: starting anew", self.path)
+
+    def save(self) -> None:
+        """Write the cache atomically; a read-only folder only loses the speed-up (a warning)."""
+        try:
+            atomic_write_bytes(self.path, memoryview(self.cache.serialize()))
+        except OSError as e:
+            log.warning("could not save the TensorRT-RTX runtime cache %s: %s", self.path, e)
+
+
+def create_context(
+    trt: Any,
+    engine: Any,
+    backend: str,
+    *,
+    cuda_graph: bool = False,
+    runtime_cache: RuntimeCache | None = None,
+    user_memory: bool = False,
+) -> Any:
+    """An execution context for `engine`, configured the same way for every caller.
+
+    cuda_graph: TensorRT-RTX captures and replays CUDA graphs itself (WHOLE_GRAPH_CAPTURE); for
+        TensorRT the caller captures (runtime/backend_tensorrt.py). Pass it only for engines
+        `cuda_graph_allowed` says may be captured.
+    runtime_cache: TensorRT-RTX only: JIT-compiled kernels kept across processes.
+    user_memory: the context gets no scratch memory of its own (ExecutionContextAllocationStrategy
+        USER_MANAGED); the caller hands it one shared buffer with `set_device_memory`.
     """
-
-    def __init__(self) -> None:
-        try:
-            from cuda.bindings import runtime as cudart
-        except ImportError:
-            raise BackendUnavailable(
-                "cuda-python is not installed: pip install cuda-python (needs an NVIDIA GPU)"
-            ) from None
-        self.rt = cudart
-        err, count = cudart.cudaGetDeviceCount()
-        if err != cudart.cudaError_t.cudaSuccess or count == 0:
-            raise BackendUnavailable("no CUDA GPU is visible: running TensorRT engines needs an NVIDIA GPU")
-        self.stream = self._check(cudart.cudaStreamCreate(), "cudaStreamCreate")
-
-    def _check(self, result: Any, what: str) -> Any:
-        err, *rest = result if isinstance(result, tuple) else (result,)
-        if err != self.rt.cudaError_t.cudaSuccess:
-            _, msg = self.rt.cudaGetErrorString(err)
-            text = msg.decode() if isinstance(msg, bytes) else str(msg)
-            raise EngineError(f"CUDA error in {what}: {text}")
-        return rest[0] if len(rest) == 1 else (tuple(rest) if rest else None)
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream)
-
-    def compute_capability(self) -> str | None:
-        return gpu_compute_capability()
-
-    def malloc(self, nbytes: int) -> int:
-        return int(self._check(self.rt.cudaMalloc(max(int(nbytes), 1)), "cudaMalloc"))
-
-    def free(self, ptr: int) -> None:
-        self._check(self.rt.cudaFree(ptr), "cudaFree")
-
-    def to_device(self, ptr: int, array: np.ndarray) -> None:
-        """Copy a C-contiguous host array to device memory at `ptr` (ordered on the stream)."""
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(
-            self.rt.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, kind, self.stream),
-            "cudaMemcpyAsync",
-        )
-
-    def to_host(self, array: np.ndarray, ptr: int) -> None:
-        """Copy device memory at `ptr` into a C-contiguous host array (complete after synchronize)."""
-        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(
-            self.rt.cudaMemcpyAsync(array.ctypes.data, ptr, array.nbytes, kind, self.stream),
-            "cudaMemcpyAsync",
-        )
-
-    def synchronize(self) -> None:
-        self._check(self.rt.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
-
-    def capture(self, enqueue: Any) -> Any:
-        """Capture what `enqueue()` puts on the stream into an instantiated CUDA graph."""
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-        self._check(self.rt.cudaStreamBeginCapture(self.stream, mode), "cudaStreamBeginCapture")
-        try:
-            enqueue()
-        finally:
-            graph = self._check(self.rt.cudaStreamEndCapture(self.stream), "cudaStreamEndCapture")
-        try:
-            return self._check(self.rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-        finally:
-            self._check(self.rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
-
-    def launch(self, graph_exec: Any) -> None:
-        self._check(self.rt.cudaGraphLaunch(graph_exec, self.stream), "cudaGraphLaunch")
-
-    def destroy_graph(self, graph_exec: Any) -> None:
-        self._check(self.rt.cudaGraphExecDestroy(graph_exec), "cudaGraphExecDestroy")
-
-    def close(self) -> None:
-        if self.stream is not None:
-            self._check(self.rt.cudaStreamDestroy(self.stream), "cudaStreamDestroy")
-            self.stream = None
-
-
-class TrtEngineRunner:
-    """One TensorRT / TensorRT-RTX plan behind load / run / close.
-
-    run() takes and returns numpy arrays with the engine's boundary dtypes (float32, int32 ids):
-    inputs are copied to persistent device buffers (grown on demand), the engine is enqueued with
-    execute_async_v3 on the device's stream, outputs are copied back. With `cuda_graph=True`:
-    TensorRT captures one CUDA graph per input-shape set (meant for static engines, where there is
-    one); TensorRT-RTX uses its own whole-graph capture strategy. `runtime_cache_path` (RTX only)
-    keeps JIT-compiled kernels across processes.
-    """
-
-    def __init__(
-        self,
-        plan_path: str | os.PathLike[str],
-        *,
-        backend: str = "tensorrt",
-        spec: EngineSpec | None = None,
-        cuda_graph: bool = False,
-        check_sha256: bool = True,
-        runtime_cache_path: str | os.PathLike[str] | None = None,
-        device: Any = None,
-        trt_module: Any = None,
-    ) -> None:
-        self.plan_path = Path(plan_path)
-        self.backend = backend
-        self.spec = spec
-        self.cuda_graph = cuda_graph
-        self.check_sha256 = check_sha256
-        self.runtime_cache_path = Path(runtime_cache_path) if runtime_cache_path else None
-        self._device = device
-        self._owns_device = device is None
-        self._trt = trt_module
-        self._engine: Any = None
-        self._context: Any = None
-        self._runtime_cache: Any = None
-        self._inputs: dict[str, np.dtype] = {}
-        self._outputs: dict[str, np.dtype] = {}
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity in bytes)
-        self._shapes: dict[str, tuple[int, ...]] = {}
-        self._graphs: dict[tuple[tuple[int, ...], ...], Any] = {}
-
-    def load(self) -> None:
-        """Verify the manifest, deserialize the plan and create the execution context."""
-        trt = self._trt or import_trt(self.backend)
-        self._trt = trt
-        if self._device is None:
-            self._device = CudaDevice()
-        manifest_path = manifest_path_for(self.plan_path)
-        if manifest_path.is_file():
-            verify(
-                load_manifest(manifest_path),
-                spec=self.spec,
-                library_versions={BACKENDS[self.backend]: str(trt.__version__)},
-                gpu_cc=self._device.compute_capability(),
-                artifact_path=self.plan_path,
-                check_sha256=self.check_sha256,
-            )
-        elif self.spec is not None:
-            raise EngineError(f"{manifest_path} is missing: rebuild with `gligen-rt build`")
-        self._logger = _make_logger(trt)
-        self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(self.plan_path.read_bytes())
-        if self._engine is None:
-            raise EngineError(
-                f"could not load {self.plan_path.name} (TensorRT's log above says why): "
-                "rebuild with `gligen-rt build`"
-            )
-        self._context = self._create_context(trt)
-        if self._context is None:
-            raise EngineError(
-                f"could not create an execution context for {self.plan_path.name} (GPU memory?)"
-            )
-        for i in range(self._engine.num_io_tensors):
-            name = self._engine.get_tensor_name(i)
-            dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
-            is_input = self._engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            (self._inputs if is_input else self._outputs)[name] = dtype
-
-    def _create_context(self, trt: Any) -> Any:
-        if not is_rtx(self.backend) or not hasattr(self._engine, "create_runtime_config"):
-            return self._engine.create_execution_context()
-        config = self._engine.create_runtime_config()
-        if self.cuda_graph:
-            config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
-        if self.runtime_cache_path is not None:
-            cache = config.create_runtime_cache()
-            if self.runtime_cache_path.is_file() and not cache.deserialize(
-                self.runtime_cache_path.read_bytes()
-            ):
-                log.info(
-                    "runtime cache %s does not match this GPU/driver: starting anew", self.runtime_cache_path
-                )
-            config.set_runtime_cache(cache)
-            self._runtime_cache = cache
-        return self._engine.create_execution_context(config)
-
-    @property
-    def input_names(self) -> tuple[str, ...]:
-        return tuple(self._inputs)
-
-    @property
-    def output_names(self) -> tuple[str, ...]:
-        return tuple(self._outputs)
-
-    def _buffer(self, name: str, nbytes: int) -> int:
-        ptr, cap = self._buffers.get(name, (0, 0))
-        if nbytes > cap:
-            if ptr:
-                self._device.free(ptr)
-            self._drop_graphs()  # captured graphs hold the old addresses
-            ptr = self._device.malloc(nbytes)
-            self._buffers[name] = (ptr, nbytes)
-            self._context.set_tensor_address(name, ptr)
-        return ptr
-
-    def _drop_graphs(self) -> None:
-        for g in self._graphs.values():
-            self._device.destroy_graph(g)
-        self._graphs.clear()
-
-    def _enqueue(self) -> None:
-        if not self._context.execute_async_v3(self._device.stream_handle):
-            raise EngineError(
-                f"{self.plan_path.name}: TensorRT failed to enqueue the engine (its log above says why)"
-            )
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """inputs: {name: array} for every engine input -> {name: array} for every output."""
-        if self._context is None:
-            raise EngineError(f"{self.plan_path.name} is not loaded: call load() first")
-        missing = [n for n in self._inputs if n not in inputs]
-        extra = [n for n in inputs if n not in self._inputs]
-        if missing or extra:
-            raise EngineError(f"{self.plan_path.name}: missing inputs {missing}, unexpected inputs {extra}")
-        host: dict[str, np.ndarray] = {}
-        for name, dtype in self._inputs.items():
-            a = np.ascontiguousarray(inputs[name], dtype=dtype)
-            if self._shapes.get(name) != a.shape:
-                if not self._context.set_input_shape(name, a.shape):
-                    raise EngineError(
-                        f"{self.plan_path.name}: input {name} shape {a.shape} is outside the engine's "
-                        f"profile: rebuild with a wider envelope"
-                    )
-                self._shapes[name] = a.shape
-            host[name] = a
-        for name, a in host.items():
-            self._device.to_device(self._buffer(name, a.nbytes), a)
-        outputs: dict[str, np.ndarray] = {}
-        for name, dtype in self._outputs.items():
-            shape = tuple(self._context.get_tensor_shape(name))
-            outputs[name] = np.empty(shape, dtype=dtype)
-            self._buffer(name, outputs[name].nbytes)
-        if self.cuda_graph and not is_rtx(self.backend):
-            key = tuple(self._shapes[n] for n in self._inputs)
-            if key not in self._graphs:
-                self._enqueue()  # TensorRT needs one plain enqueue after a shape change before capture
-                self._device.synchronize()
-                self._graphs[key] = self._device.capture(self._enqueue)
-            self._device.launch(self._graphs[key])
-        else:
-            self._enqueue()
-        for name, out in outputs.items():
-            self._device.to_host(out, self._buffers[name][0])
-        self._device.synchronize()
-        return outputs
-
-    def close(self) -> None:
-        """Free device memory and TensorRT objects; save the RTX runtime cache when one is used."""
-        if self._runtime_cache is not None and self.runtime_cache_path is not None:
-            atomic_write_bytes(self.runtime_cache_path, memoryview(self._runtime_cache.serialize()))
-            self._runtime_cache = None
-        if self._device is not None:
-            self._drop_graphs()
-            for ptr, _ in self._buffers.values():
-                self._device.free(ptr)
-            if self._owns_device:
-                self._device.close()
-                self._device = None
-        self._buffers.clear()
-        self._shapes.clear()
-        self._context = None
-        self._engine = None
-
-    def __enter__(self) -> TrtEngineRunner:
-        self.load()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED if user_memory else None
+    if is_rtx(backend) and hasattr(engine, "create_runtime_config"):
+        config = engine.create_runtime_config()
+        graphs = trt.CudaGraphStrategy
+        config.cuda_graph_strategy = graphs.WHOLE_GRAPH_CAPTURE if cuda_graph else graphs.DISABLED
+        if runtime_cache is not None:
+            config.set_runtime_cache(runtime_cache.cache)
+        if strategy is not None:
+            config.set_execution_context_allocation_strategy(strategy)
+        return engine.create_execution_context(config)
+    if strategy is not None:
+        return engine.create_execution_context(strategy)
+    return engine.create_execution_context()

@@ -33,6 +33,7 @@ import onnx
 import torch
 from torch import nn
 
+from gligen_rt.core.errors import first_line
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
 from gligen_rt.export.fp16 import FP32_CONES, convert_fp16, save_model
@@ -270,7 +271,7 @@ def _export_engine(
         try:
             torch_export(wrapper, spec, raw, trace_inputs, opset)
         except Exception as e:  # the exporters raise many types; keep the first line
-            raise ExportError(f"{name}: torch.onnx.export failed ({_one_line(e)})") from e
+            raise ExportError(f"{name}: torch.onnx.export failed ({first_line(e)})") from e
         graph = onnx.load(str(raw))
         drop_initializer_identities(graph)
         stamp_io(graph, spec)
@@ -297,7 +298,7 @@ def _export_engine(
         try:
             onnx.checker.check_model(str(final))
         except onnx.checker.ValidationError as e:
-            raise ExportError(f"{name}: the exported graph is invalid ({_one_line(e)})") from None
+            raise ExportError(f"{name}: the exported graph is invalid ({first_line(e)})") from None
         graph = onnx.load(str(final), load_external_data=False)
         problems = check_io(graph, spec)
         if problems:
@@ -313,7 +314,7 @@ def _export_engine(
         try:
             session = ort_session(final, threads)
         except Exception as e:  # an export that cannot be checked is not kept
-            raise ExportError(f"{name}: ONNX Runtime CPU cannot load the graph ({_one_line(e)})") from None
+            raise ExportError(f"{name}: ONNX Runtime CPU cannot load the graph ({first_line(e)})") from None
         report = check_parity(
             name,
             session,
@@ -442,8 +443,3 @@ def _ort_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return s.splitlines()[0][:300] if s else type(e).__name__

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gligen_rt.cli_parser import MODEL_NAMES, Parser, add_verbose, checkpoint_path
 from gligen_rt.cli_request import add_request_args, planned_outputs, request_from_args, summary
+from gligen_rt.core.backends import BACKENDS
 from gligen_rt.core.errors import GligenError, RequestError
 
 log = logging.getLogger("gligen_rt")
@@ -219,20 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--backend",
         default=None,
-        choices=[
-            "torch",
-            "ort-cpu",
-            "ort-cuda",
-            "ort-trt",
-            "tensorrt",
-            "tensorrt-rtx",
-            "openvino",
-            "openvino-bf16",
-            "openvino-int8",
-        ],
+        choices=BACKENDS,
         help="torch: the PyTorch reference (default with --model/--checkpoint); an engine backend "
         "(default ort-cpu with --engines; with --model tiny-random its engines are exported once into "
         "--cache-dir)",
+    )
+    run.add_argument(
+        "--device",
+        type=int,
+        default=0,
+        metavar="N",
+        help="CUDA device of the GPU backends (ort-cuda, ort-trt, tensorrt, tensorrt-rtx; default 0)",
+    )
+    run.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="load the text/image encoders and the VAE per stage and decode in tiles; the UNet stays (Jetsons)",
     )
     run.add_argument(
         "--single-unet",

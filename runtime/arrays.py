@@ -8,6 +8,7 @@ python floats, slicing, ``concatenate``, ``isfinite``); each backend names its `
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,6 +42,23 @@ class HostArrays:
 
     def all_finite(self, x: Array) -> bool:
         return bool(np.isfinite(x).all())
+
+    def empty(self, shape: Sequence[int], dtype: Any) -> Array:
+        """An uninitialized C-contiguous array (device buffers of engines)."""
+        return np.empty(tuple(shape), dtype=dtype)
+
+    def pointer(self, x: Array) -> int:
+        """The address of x's first element (what TensorRT / IO binding are given)."""
+        return int(x.ctypes.data)
+
+    def mark(self) -> Any:
+        """A point in the request's timeline: a host clock here, a CUDA event on the stream on GPU."""
+        return time.perf_counter()
+
+    def elapsed(self, start: Any, end: Any) -> float:
+        """Seconds between two marks; on GPU valid once the stream has passed `end` (after the
+        request's one synchronize), so timing never makes the host wait."""
+        return float(end - start)
 
     def synchronize(self) -> None:
         """Wait for queued device work (nothing to wait for on the host)."""
@@ -81,6 +99,21 @@ class CupyArrays(HostArrays):
         with self.stream:
             return bool(self.xp.isfinite(x).all())
 
+    def empty(self, shape: Sequence[int], dtype: Any) -> Array:
+        with self.xp.cuda.Device(self.device_id), self.stream:
+            return self.xp.empty(tuple(shape), dtype=dtype)
+
+    def pointer(self, x: Array) -> int:
+        return int(x.data.ptr)
+
+    def mark(self) -> Any:
+        event = self.xp.cuda.Event()
+        event.record(self.stream)
+        return event
+
+    def elapsed(self, start: Any, end: Any) -> float:
+        return self.xp.cuda.get_elapsed_time(start, end) / 1000.0
+
     def synchronize(self) -> None:
         self.stream.synchronize()
 
@@ -106,7 +139,7 @@ def import_cupy() -> Any:
         import cupy
     except ImportError:
         raise BackendUnavailable(
-            "CuPy is not installed: pip install cupy-cuda12x (GPU backends keep latents on the device with it)"
+            "CuPy is not installed: pip install 'gligen-rt[cuda13]' (or [cuda12] for CUDA 12 / JetPack 6)"
         ) from None
     try:
         count = cupy.cuda.runtime.getDeviceCount()

@@ -28,23 +28,12 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gligen_rt.core.backends import BACKENDS, GPU_BACKENDS
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.spec import EngineSpec
 
 from .arrays import Array, HostArrays
 from .folder import EngineFolder
-
-BACKENDS = (
-    "ort-cpu",
-    "ort-cuda",
-    "ort-trt",
-    "tensorrt",
-    "tensorrt-rtx",
-    "openvino",
-    "openvino-bf16",
-    "openvino-int8",
-    "torch",
-)
 
 
 class Backend(abc.ABC):
@@ -71,6 +60,12 @@ class Backend(abc.ABC):
     def run(self, engine: str, inputs: Mapping[str, Array]) -> dict[str, Array]:
         """Run one engine: {input name: array} -> {output name: array}; thread-safe."""
 
+    def release(self, engines: Sequence[str]) -> None:
+        """Unload `engines` (``--low-memory`` loads encoders and the VAE per stage); load brings
+        them back. Backends that hold device memory per engine free it here."""
+        for name in engines:
+            self.specs.pop(name, None)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release sessions, buffers and device memory; the backend cannot run afterwards."""
@@ -91,11 +86,16 @@ class Backend(abc.ABC):
             )
 
 
-def make_backend(name: str, **options: Any) -> Backend:
+def make_backend(name: str, *, device_id: int | None = None, **options: Any) -> Backend:
     """A fresh, unloaded backend by name; options go to its constructor (e.g. threads=2).
+
+    device_id: the CUDA device of a GPU backend (``--device N``; ignored by CPU backends, so one
+    flag serves every backend). None: device 0.
 
     Libraries are imported here, lazily: a missing one raises BackendUnavailable (one line).
     """
+    if device_id is not None and name in GPU_BACKENDS:
+        options["device_id"] = int(device_id)
     if name in ("ort-cpu", "ort-cuda", "ort-trt"):
         from .backend_ort import OrtBackend
 

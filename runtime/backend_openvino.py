@@ -171,6 +171,12 @@ class OpenVinoBackend(Backend):
         arrays = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
         return self._pool(self._engines[engine], arrays).run(arrays)
 
+    def release(self, engines: Sequence[str]) -> None:
+        """Drop the compiled models of `engines` (--low-memory)."""
+        for name in engines:
+            self._engines.pop(name, None)
+            self.specs.pop(name, None)
+
     def close(self) -> None:
         self._engines.clear()
         self.specs.clear()

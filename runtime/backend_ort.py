@@ -4,6 +4,15 @@ CPU: ``session.run`` with numpy arrays. CUDA / TensorRT providers: CuPy arrays b
 (``bind_input`` on the array's device pointer; outputs allocated by ORT on the device and wrapped as
 CuPy arrays that keep the OrtValue alive), so latents never leave the GPU between steps. A binding
 is made per call, so concurrent calls share nothing but the (thread-safe) session.
+
+One stream, no host waits: the providers compute on the backend's own CuPy stream
+(``user_compute_stream``, on the backend's ``device_id``), the stream of the loop's arithmetic, so
+a run is ordered after the CuPy work that produced its inputs and before the work that reads its
+outputs; runs are made with ``disable_synchronize_execution_providers`` so ORT does not wait for
+the device at their end. The pipeline synchronizes once per request.
+
+Precision: the TensorRT provider runs FP16 kernels only where the manifests say so (the built
+manifest, else the export's); never by default.
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from gligen_rt.core.errors import EngineError
-from gligen_rt.engines.manifest import installed_versions, verify
+from gligen_rt.core.errors import EngineError, first_line
+from gligen_rt.engines.manifest import installed_versions, runs_fp16, verify
 from gligen_rt.engines.ort import import_ort, make_session
 
 from .arrays import Array, CupyArrays
@@ -43,6 +52,11 @@ class OrtBackend(Backend):
             self.arrays = CupyArrays(self.device_id)
         self._sessions: dict[str, Any] = {}
         self._outputs: dict[str, list[str]] = {}
+        self.fp16: dict[str, bool] = {}  # {engine: runs FP16 kernels}, as loaded
+        self._run_options: Any = None
+        if provider != "cpu":
+            self._run_options = self._ort.RunOptions()
+            self._run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
 
     def load(self, folder: EngineFolder, engines: Sequence[str]) -> None:
         ep = {"cpu": "cpu", "cuda": "cuda", "trt": "tensorrt"}[self.provider]
@@ -51,12 +65,12 @@ class OrtBackend(Backend):
             spec = folder.specs[name]
             built = folder.built_spec(self.name, name)
             cache_dir = None
-            fp16 = True
+            fp16 = runs_fp16(folder.onnx_manifests[name])  # as exported
             if built is not None:
                 spec, manifest = built
                 verify(manifest, library_versions=versions)
                 cache_dir = folder.built_dir(self.name)
-                fp16 = manifest.precision == "fp16"
+                fp16 = runs_fp16(manifest)  # as built
             log.debug("loading %s on %s", name, self.name)
             try:
                 session = make_session(
@@ -66,11 +80,12 @@ class OrtBackend(Backend):
                     threads=self.threads,
                     spec=spec,
                     fp16=fp16,
+                    device_id=self.device_id,
+                    stream=self.arrays.stream.ptr if self.arrays.on_device else None,
                 )
             except self._ort_errors() as e:
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise EngineError(
-                    f"ONNX Runtime cannot load {folder.onnx_path(name)} ({msg}): re-export it"
+                    f"ONNX Runtime cannot load {folder.onnx_path(name)} ({first_line(e)}): re-export it"
                 ) from None
             got = [i.name for i in session.get_inputs()]
             if got != list(spec.input_names):
@@ -80,6 +95,8 @@ class OrtBackend(Backend):
             self._sessions[name] = session
             self._outputs[name] = [o.name for o in session.get_outputs()]
             self.specs[name] = spec
+            self.fp16[name] = fp16
+            log.debug("%s on %s (fp16 kernels: %s)", name, self.name, fp16)
 
     def _ort_errors(self) -> tuple[type[BaseException], ...]:
         capi = getattr(self._ort, "capi", None)
@@ -97,20 +114,20 @@ class OrtBackend(Backend):
         return self._run_bound(session, names, inputs)
 
     def _run_bound(self, session: Any, names: list[str], inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """IO binding on CuPy arrays; outputs stay on the device."""
+        """IO binding on device arrays; outputs stay on the device. No host wait: the provider
+        computes on our stream, after the work that made the inputs."""
         cp = self.arrays.xp
         binding = session.io_binding()
         keep = []
         for name, value in inputs.items():
-            a = value if isinstance(value, cp.ndarray) else self.arrays.asarray(np.asarray(value))
-            a = cp.ascontiguousarray(a)
+            a = self.arrays.asarray(value)  # C-contiguous on our device (no copy when it is)
             keep.append(a)
-            binding.bind_input(name, "cuda", self.device_id, a.dtype.type, tuple(a.shape), int(a.data.ptr))
+            binding.bind_input(
+                name, "cuda", self.device_id, a.dtype.type, tuple(a.shape), self.arrays.pointer(a)
+            )
         for name in names:
             binding.bind_output(name, "cuda", self.device_id)
-        # ORT's provider runs on its own stream: finish the loop's queued work on ours first.
-        self.arrays.synchronize()
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, self._run_options)
         out = {}
         for name, value in zip(names, binding.get_outputs()):
             dtype = np.dtype(_ORT_DTYPES[value.data_type()])
@@ -120,6 +137,14 @@ class OrtBackend(Backend):
             out[name] = cp.ndarray(shape, dtype=dtype, memptr=cp.cuda.MemoryPointer(mem, 0))
         del keep
         return out
+
+    def release(self, engines: Sequence[str]) -> None:
+        """Drop the sessions of `engines` (--low-memory); work queued on the stream finishes first."""
+        self.arrays.synchronize()
+        for name in engines:
+            self._sessions.pop(name, None)
+            self._outputs.pop(name, None)
+            self.specs.pop(name, None)
 
     def close(self) -> None:
         self._sessions.clear()

@@ -34,8 +34,12 @@ def open_pipeline(args: argparse.Namespace) -> Any:
             "(`gligen-rt export --checkpoint ... --out DIR`), then pass --engines DIR"
         )
     single = bool(getattr(args, "single_unet", False))
+    options = {
+        "device_id": int(getattr(args, "device", 0) or 0),
+        "low_memory": bool(getattr(args, "low_memory", False)),
+    }
     if args.engines is not None:
-        return GligenPipeline.from_engines(args.engines, backend, single_unet=single)
+        return GligenPipeline.from_engines(args.engines, backend, single_unet=single, **options)
     from gligen_rt.cli import resolve_model
 
     if resolve_model(args.model) != "tiny-random":
@@ -46,6 +50,7 @@ def open_pipeline(args: argparse.Namespace) -> Any:
         backend,
         single_unet=single,
         cache_dir=getattr(args, "cache_dir", None),
+        **options,
     )
 
 
@@ -133,11 +138,60 @@ def inspect_lines(path: str | Path) -> list[str]:
         parity = m.parity or fm.parity.get(name, {})
         if parity:
             lines.append("    parity   " + ", ".join(f"{k} {_num(v)}" for k, v in sorted(parity.items())))
+    lines += _memory_lines(path, tuple(fm.engines))
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and p.name != fm.tokenizer):
         built = _built_lines(sub)
         if built:
             lines.append(f"  built for {sub.name}:")
             lines.extend(built)
+    return lines
+
+
+def _bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def _memory_lines(folder: Path, names: tuple[str, ...]) -> list[str]:
+    """Per-engine weights and scratch, and the peak a request needs (all engines loaded, and with
+    --low-memory: the resident UNets and grounding plus the largest staged engine), for the ONNX
+    graphs and for every TensorRT build. TensorRT engines share one scratch buffer, the largest
+    engine's (recorded at build where a GPU was there); elsewhere activations are not known before
+    running and are left out of the sum."""
+    from gligen_rt.engines.manifest import load_manifest
+    from gligen_rt.runtime.pipeline import STAGED_ENGINES
+
+    sets = [("ONNX graphs (ort-*, openvino)", {n: _bytes(folder / f"{n}.onnx") for n in names}, {})]
+    for sub in sorted(folder.glob("tensorrt*")):
+        weights: dict[str, int] = {}
+        scratch: dict[str, int] = {}
+        for mp in sorted(sub.glob("*.json")):
+            try:
+                m = load_manifest(mp)
+            except EngineError:
+                continue  # reported by the build lines
+            weights[m.engine] = m.artifact_size
+            if isinstance(m.builder.get("device_memory"), int):
+                scratch[m.engine] = m.builder["device_memory"]
+        if weights:
+            sets.append((f"{sub.name} plans", weights, scratch))
+    lines = []
+    for what, weights, scratch in sets:
+        lines.append(f"  memory, {what}:")
+        for name, w in weights.items():
+            s = scratch.get(name)
+            lines.append(
+                f"    {name:<14} weights {_mb(w):>10}   scratch {_mb(s) if s is not None else '?':>10}"
+            )
+        shared = max(scratch.values(), default=0)
+        resident = sum(w for n, w in weights.items() if n not in STAGED_ENGINES)
+        staged = max((w for n, w in weights.items() if n in STAGED_ENGINES), default=0)
+        known = "" if len(scratch) == len(weights) else " (+ activations not recorded)"
+        lines.append(f"    peak: {_mb(sum(weights.values()) + shared)}{known}")
+        lines.append(f"    peak with --low-memory: {_mb(resident + staged + shared)}{known}")
     return lines
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gligen_rt.core.errors import EngineError
+from gligen_rt.core.errors import EngineError, first_line
 from gligen_rt.core.modality import Modality
 from gligen_rt.core.tokenizer import ClipTokenizer
 from gligen_rt.engines.manifest import (
@@ -194,6 +194,4 @@ class EngineFolder:
         try:
             return ClipTokenizer.from_folder(folder)
         except Exception as e:  # CheckpointError and friends: report as an engine-folder problem
-            raise EngineError(
-                f"cannot read the tokenizer in {folder} ({str(e).splitlines()[0]}): re-export"
-            ) from None
+            raise EngineError(f"cannot read the tokenizer in {folder} ({first_line(e)}): re-export") from None

@@ -18,10 +18,11 @@ stream, scheduler, arrays, timings) lives in the call's locals; the tokenizer an
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ from .backend import Backend, make_backend
 from .folder import EngineFolder
 from .inputs import grounding_inputs, read_inputs
 from .loop import Conditioning, Inpainting, denoise
+from .tiles import decode_tiled
 
 log = logging.getLogger(__name__)
 
@@ -68,35 +70,94 @@ class GenerationResult:
     step_times: list[float] = field(default_factory=list)
 
 
-class _TimedRun:
-    """A backend's run, adding each call's seconds to a per-request total and a per-engine total."""
+class _Timeline:
+    """Per-request timing on the backend's clock without making the host wait: marks are host
+    clocks on CPU backends and CUDA events on the backend's stream on GPU backends (arrays.mark),
+    read only after the request's one synchronize.
+
+    Also the backend's run: each engine call is bracketed by two marks, summed per engine."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
-        self.total = 0.0
-        self.per_engine: dict[str, float] = {}
+        self.arrays = backend.arrays
+        self.calls: list[tuple[str, Any, Any]] = []
+        self.stages: dict[str, tuple[Any, Any]] = {}
 
     def __call__(self, engine: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        tic = time.perf_counter()
+        start = self.arrays.mark()
         out = self.backend.run(engine, inputs)
-        dt = time.perf_counter() - tic
-        self.total += dt
-        self.per_engine[engine] = self.per_engine.get(engine, 0.0) + dt
+        self.calls.append((engine, start, self.arrays.mark()))
         return out
+
+    def stage(self, name: str, start: Any) -> None:
+        """Record the stage `name` from the mark `start` to now."""
+        self.stages[name] = (start, self.arrays.mark())
+
+    def seconds(self) -> tuple[dict[str, float], dict[str, float]]:
+        """({stage: seconds}, {engine: seconds}); call after the request's synchronize."""
+        elapsed = self.arrays.elapsed
+        per_engine: dict[str, float] = {}
+        for engine, a, b in self.calls:
+            per_engine[engine] = per_engine.get(engine, 0.0) + elapsed(a, b)
+        return {k: elapsed(a, b) for k, (a, b) in self.stages.items()}, per_engine
+
+
+# Engines --low-memory loads for their stage of a request and releases after it.
+STAGED_ENGINES = (TEXT_ENCODER, IMAGE_ENCODER, VAE_ENCODER, VAE_DECODER)
 
 
 class GligenPipeline:
-    """One engine folder on one backend. `single_unet`: load only `unet` and run gate-0 steps on it
-    with gate 0 (one UNet in memory, for memory-tight devices) instead of `unet_plain`."""
+    """One engine folder on one backend.
 
-    def __init__(self, folder: EngineFolder, backend: Backend, *, single_unet: bool = False) -> None:
+    single_unet: load only `unet` and run gate-0 steps on it with gate 0 (one UNet in memory, for
+        memory-tight devices) instead of `unet_plain`.
+    low_memory: the UNet(s) and the grounding engine stay loaded; the text/image encoders and the
+        VAE are loaded for their stage of each request and released after it, and the VAE decodes
+        in tiles (``vae_tile``) when the image is larger than one tile. Peak memory is then the
+        resident engines plus the largest staged one. Not for concurrent calls.
+    vae_tile: latent pixels per VAE-decoder tile (default with low_memory: the model's default
+        image size / 8, i.e. 512 px tiles at SD size; None without it: no tiling).
+    """
+
+    def __init__(
+        self,
+        folder: EngineFolder,
+        backend: Backend,
+        *,
+        single_unet: bool = False,
+        low_memory: bool = False,
+        vae_tile: int | None = None,
+    ) -> None:
         self.folder = folder
         self.config = folder.config
         self.backend = backend
         self.single_unet = single_unet
+        self.low_memory = low_memory
+        if vae_tile is None and low_memory:
+            vae_tile = self.config.default_size // self.config.vae.downscale
+        self.vae_tile = vae_tile
         self.tokenizer = folder.tokenizer()
         engines = [n for n in folder.specs if not (single_unet and n == UNET_PLAIN)]
-        backend.load(folder, engines)
+        self.staged = [n for n in engines if low_memory and n in STAGED_ENGINES]
+        self.specs: dict[str, Any] = {}
+        for name in self.staged:  # verified and measured one at a time, never all in memory
+            backend.load(folder, [name])
+            self.specs[name] = backend.specs[name]
+            backend.release([name])
+        backend.load(folder, [n for n in engines if n not in self.staged])
+        self.specs.update(backend.specs)
+
+    @contextlib.contextmanager
+    def _stage(self, engine: str) -> Iterator[None]:
+        """With --low-memory: `engine` is loaded for the block and released after it."""
+        if engine not in self.staged:
+            yield
+            return
+        self.backend.load(self.folder, [engine])
+        try:
+            yield
+        finally:
+            self.backend.release([engine])
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -107,6 +168,7 @@ class GligenPipeline:
         backend: str = "ort-cpu",
         *,
         single_unet: bool = False,
+        low_memory: bool = False,
         check_sha256: bool = True,
         **backend_options: Any,
     ) -> GligenPipeline:
@@ -118,7 +180,7 @@ class GligenPipeline:
         folder = EngineFolder.open(path, check_sha256=check_sha256)
         b = make_backend(backend, **backend_options)
         try:
-            return cls(folder, b, single_unet=single_unet)
+            return cls(folder, b, single_unet=single_unet, low_memory=low_memory)
         except BaseException:
             b.close()
             raise
@@ -167,13 +229,11 @@ class GligenPipeline:
     @property
     def engines(self) -> tuple[str, ...]:
         """The loaded engines."""
-        return tuple(self.backend.specs)
+        return tuple(self.specs)
 
     def max_size(self) -> int:
         """The largest height/width every loaded size-dependent engine accepts."""
-        sizes = [
-            r[2] for s in self.backend.specs.values() for r in (s.envelope.height, s.envelope.width) if r
-        ]
+        sizes = [r[2] for s in self.specs.values() for r in (s.envelope.height, s.envelope.width) if r]
         return min(sizes)
 
     def check_request(self, request: GenerationRequest) -> tuple[int, int]:
@@ -194,12 +254,34 @@ class GligenPipeline:
             VAE_DECODER: n,
             VAE_ENCODER: 1,
         }
-        for name, spec in self.backend.specs.items():
-            if batches[name] > 0:
+        for name, spec in self.specs.items():
+            if name == VAE_DECODER and self.vae_tile:
+                t = self.vae_tile * cfg.vae.downscale
+                concrete_shapes(spec, batches[name], min(H, t), min(W, t))
+            elif batches[name] > 0:
                 concrete_shapes(spec, batches[name], H, W)
         return H, W
 
     # -- one request ----------------------------------------------------------------------------
+
+    def decode(self, latents: Any, run: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> Any:
+        """VAE decoder on (B, 4, h, w) latents -> (B, 3, H, W), in tiles when `vae_tile` is set."""
+        call = run or self.backend.run
+
+        def one(z: Any) -> Any:
+            return call(VAE_DECODER, {"latents": z})["images"]
+
+        if not self.vae_tile:
+            return one(latents)
+        t = self.vae_tile
+        return decode_tiled(
+            one,
+            latents,
+            self.backend.arrays,
+            tile=t,
+            overlap=max(t // 4, 1),
+            factor=self.config.vae.downscale,
+        )
 
     def __call__(
         self,
@@ -225,47 +307,51 @@ class GligenPipeline:
             )
         host = read_inputs(request, cfg, H, W)
         arrays = self.backend.arrays
-        run = _TimedRun(self.backend)
-        timings: dict[str, float] = {}
+        run = _Timeline(self.backend)
         rng = NoiseStream(request.seed)
 
         with arrays.scope():
-            tic = time.perf_counter()
+            tic = arrays.mark()
             ids = self.tokenizer.encode([request.negative_prompt, request.prompt, *host.phrases]).astype(
                 np.int32
             )
-            text = run(TEXT_ENCODER, {"input_ids": arrays.asarray(ids)})
+            with self._stage(TEXT_ENCODER):
+                text = run(TEXT_ENCODER, {"input_ids": arrays.asarray(ids)})
             context = text["last_hidden_state"][:2]
             phrase_emb = arrays.to_host(text["pooled"][2:])
-            timings["text_encoder"] = time.perf_counter() - tic
+            run.stage("text_encoder", tic)
 
-            tic = time.perf_counter()
+            tic = arrays.mark()
             image_emb = None
             if host.pixel_values is not None:
-                image_emb = arrays.to_host(
-                    run(IMAGE_ENCODER, {"pixel_values": arrays.asarray(host.pixel_values)})["image_features"]
-                )
-            timings["image_encoder"] = time.perf_counter() - tic
+                with self._stage(IMAGE_ENCODER):
+                    image_emb = arrays.to_host(
+                        run(IMAGE_ENCODER, {"pixel_values": arrays.asarray(host.pixel_values)})[
+                            "image_features"
+                        ]
+                    )
+            run.stage("image_encoder", tic)
 
-            tic = time.perf_counter()
+            tic = arrays.mark()
             ginputs = grounding_inputs(request, cfg.modality, host, phrase_emb, image_emb)
             gout = run(GROUNDING, {k: arrays.asarray(v, np.float32) for k, v in ginputs.items()})
             tokens, extra = gout["tokens"], gout.get("extra")
             if extra is not None:  # spatial: both CFG halves take the real map's downsampler output
                 extra = arrays.concat([extra[n:], extra[n:]])
-            timings["grounding"] = time.perf_counter() - tic
+            run.stage("grounding", tic)
 
             x = arrays.asarray(noise if noise is not None else rng.latents(latent_shape), np.float32)
             inpainting = None
             if cfg.inpaint:
-                tic = time.perf_counter()
+                tic = arrays.mark()
                 assert host.inpaint_image is not None and host.inpaint_mask is not None
-                enc = run(VAE_ENCODER, {"images": arrays.asarray(host.inpaint_image[None])})
+                with self._stage(VAE_ENCODER):
+                    enc = run(VAE_ENCODER, {"images": arrays.asarray(host.inpaint_image[None])})
                 mean, std = enc["mean"], enc["std"]  # one encode, one sample, shared by the batch
                 z0 = arrays.concat([mean + std * arrays.asarray(rng.like(mean))] * n)
                 mask = arrays.asarray(np.repeat(host.inpaint_mask[None], n, axis=0))
                 extra = arrays.concat([z0 * mask, mask], axis=1)
-                timings["vae_encoder"] = time.perf_counter() - tic
+                run.stage("vae_encoder", tic)
 
             scheduler = make_scheduler(request.sampler, request.steps)
             gates = request_gates(
@@ -284,26 +370,30 @@ class GligenPipeline:
                 cond = Conditioning(ctx[n:], tokens[n:], None if extra is None else extra[n:], cond.guidance)
 
             x = x * scheduler.init_noise_sigma
-            unet_before = sum(run.per_engine.get(e, 0.0) for e in (UNET, UNET_PLAIN))
-            tic = time.perf_counter()
+            tic = arrays.mark()
             names = {e: self.backend.specs[e].input_names for e in (UNET, UNET_PLAIN) if self.backend.has(e)}
-            x, step_times = denoise(
+            x, step_marks = denoise(
                 x, plan, scheduler, cond, run, names, arrays, inpainting=inpainting, on_step=on_step
             )
-            timings["denoise"] = time.perf_counter() - tic
-            timings["unet"] = sum(run.per_engine.get(e, 0.0) for e in (UNET, UNET_PLAIN)) - unet_before
+            run.stage("denoise", tic)
 
-            if not arrays.all_finite(x):
-                raise NumericalError(
-                    "NaN or Inf in the latents: try fp32 engines or another seed; nothing was saved"
-                )
-            tic = time.perf_counter()
-            decoded = arrays.to_host(run(VAE_DECODER, {"latents": x})["images"])
+            tic = arrays.mark()
+            with self._stage(VAE_DECODER):
+                decoded = self.decode(x, run)
+            run.stage("vae_decoder", tic)
+            arrays.synchronize()  # the request's one wait for the device
             latents = arrays.to_host(x)
-            timings["vae_decoder"] = time.perf_counter() - tic
+            decoded = arrays.to_host(decoded)
 
+        if not np.isfinite(latents).all():
+            raise NumericalError(
+                "NaN or Inf in the latents: try fp32 engines or another seed; nothing was saved"
+            )
         images = to_uint8(decoded)  # NumericalError on NaN / Inf
-        timings["engines"] = run.total
+        timings, per_engine = run.seconds()
+        timings["unet"] = sum(per_engine.get(e, 0.0) for e in (UNET, UNET_PLAIN))
+        timings["engines"] = sum(per_engine.values())
         timings["total"] = time.perf_counter() - t0
-        timings["overhead"] = timings["total"] - run.total
+        timings["overhead"] = timings["total"] - timings["engines"]
+        step_times = [arrays.elapsed(a, b) for a, b in zip(step_marks, step_marks[1:])]
         return GenerationResult(images, np.asarray(latents, dtype=np.float32), timings, step_times)

@@ -8,7 +8,6 @@ the exported GLIGEN graphs go through the same build() in the exporter's tests.
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,15 @@ from gligen_rt.engines.manifest import (
     write_manifest,
 )
 from gligen_rt.engines.spec import EngineSpec, Envelope, TensorSpec, fingerprint, spec_to_dict
-from gligen_rt.engines.tensorrt import TrtEngineRunner, build_engine, choose_flavor, import_trt
+from gligen_rt.engines.tensorrt import (
+    RuntimeCache,
+    build_engine,
+    choose_flavor,
+    cuda_graph_allowed,
+    gpu_compute_capability,
+    import_trt,
+)
+from gligen_rt.runtime.backend_tensorrt import PlanRunner, run_plan
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed")
@@ -37,12 +44,7 @@ WEIGHT = RNG.standard_normal((WIDTH, WIDTH)).astype(np.float32)
 
 
 def _has_gpu() -> bool:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return False
-    err, count = cudart.cudaGetDeviceCount()
-    return err == cudart.cudaError_t.cudaSuccess and count > 0
+    return gpu_compute_capability() is not None  # CuPy sees a CUDA device
 
 
 def toy_spec(batch=(1, 2, 4)) -> EngineSpec:
@@ -149,6 +151,7 @@ def test_build_plan_with_rtx(tmp_path: Path, fp16: bool):
     m = load_manifest(tmp_path / "out" / "toy.json")
     assert m.backend == "tensorrt-rtx" and m.flavor == flavor and m.artifact == "toy.plan"
     assert m.builder["strongly_typed"] is True and m.builder["profile"]["x"] == [[1, 8], [2, 8], [4, 8]]
+    assert m.builder["control_flow"] == [] and cuda_graph_allowed(m.builder)  # no If: may be captured
     assert m.gpu_compute_capability is None  # RTX plans are portable
     assert m.onnx_sha256 == onnx_sha256(onnx_path)
     import tensorrt_rtx
@@ -342,232 +345,104 @@ def test_build_rejects_corrupt_folder(tmp_path: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# The runner: fake TensorRT over a fake (host) device here, over real CUDA where there is a GPU
+# The runner (runtime/backend_tensorrt.py PlanRunner, the one TensorRT runner): stand-ins for
+# TensorRT and the CUDA stream here (tests/fake_trt.py), real CUDA where there is a GPU
 
 
-class _FakeTrt:
-    """The slice of the TensorRT Python API TrtEngineRunner uses; the engine computes the toy."""
+def _runner(builder: dict, static: bool = False, scratch: int | None = None):
+    from fake_trt import FakeDeviceArrays, FakeEngine, FakeTrt
 
-    __version__ = "0.0-fake"
-
-    class Logger:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = range(5)
-
-        def __init__(self, level: int) -> None:
-            self.level = level
-
-    class TensorIOMode:
-        INPUT, OUTPUT = "input", "output"
-
-    @staticmethod
-    def nptype(dtype):
-        return dtype
-
-    class Runtime:
-        def __init__(self, logger) -> None:
-            self.logger = logger
-
-        def deserialize_cuda_engine(self, data: bytes):
-            return _FakeEngine() if data == b"toy-plan" else None
+    arrays = FakeDeviceArrays()
+    spec = toy_spec((2, 2, 2) if static else (1, 2, 4))
+    engine = FakeEngine(spec, arrays, lambda feeds: {"y": reference(feeds["x"])}, scratch=1000)
+    buf = arrays.empty((scratch,), np.uint8) if scratch else None
+    return PlanRunner(FakeTrt, engine, spec, builder, arrays, "tensorrt", scratch=buf), arrays
 
 
-class _FakeEngine:
-    num_io_tensors = 2
-
-    def get_tensor_name(self, i: int) -> str:
-        return ("x", "y")[i]
-
-    def get_tensor_dtype(self, name: str):
-        return np.float32
-
-    def get_tensor_mode(self, name: str) -> str:
-        return "input" if name == "x" else "output"
-
-    def create_execution_context(self):
-        return _FakeContext()
-
-
-class _FakeContext:
-    kernel = None  # set per device: (context, stream) -> None
-
-    def __init__(self) -> None:
-        self.shapes: dict[str, tuple[int, ...]] = {}
-        self.addresses: dict[str, int] = {}
-        self.enqueues = 0
-
-    def set_input_shape(self, name, shape) -> bool:
-        if not 1 <= shape[0] <= 4 or tuple(shape[1:]) != (WIDTH,):
-            return False
-        self.shapes[name] = tuple(shape)
-        return True
-
-    def get_tensor_shape(self, name):
-        return self.shapes["x"]
-
-    def set_tensor_address(self, name, ptr) -> None:
-        self.addresses[name] = ptr
-
-    def execute_async_v3(self, stream) -> bool:
-        self.enqueues += 1
-        type(self).kernel(self, stream)
-        return True
-
-
-class _HostDevice:
-    """CudaDevice's interface over host memory, with 'graphs' that replay the captured calls."""
-
-    def __init__(self) -> None:
-        self.mem: dict[int, np.ndarray] = {}
-        self.next = 1
-        self.stream_handle = 7
-        self.frees = 0
-
-    def compute_capability(self):
-        return None
-
-    def malloc(self, n: int) -> int:
-        ptr, self.next = self.next, self.next + 1
-        self.mem[ptr] = np.zeros(n, np.uint8)
-        return ptr
-
-    def free(self, ptr: int) -> None:
-        del self.mem[ptr]
-        self.frees += 1
-
-    def to_device(self, ptr, a) -> None:
-        self.mem[ptr][: a.nbytes] = a.view(np.uint8).ravel()
-
-    def to_host(self, a, ptr) -> None:
-        a.view(np.uint8).ravel()[:] = self.mem[ptr][: a.nbytes]
-
-    def synchronize(self) -> None:
-        pass
-
-    def capture(self, enqueue):
-        return ("graph", enqueue)
-
-    def launch(self, graph) -> None:
-        graph[1]()
-
-    def destroy_graph(self, graph) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _host_kernel(device: _HostDevice):
-    def kernel(ctx: _FakeContext, stream) -> None:
-        n = int(np.prod(ctx.shapes["x"]))
-        x = device.mem[ctx.addresses["x"]][: 4 * n].view(np.float32).reshape(ctx.shapes["x"])
-        device.mem[ctx.addresses["y"]][: 4 * n] = reference(x).astype(np.float32).view(np.uint8).ravel()
-
-    return kernel
-
-
-def _cuda_kernel(device):
-    """On the GPU the fake engine is an identity: a device-to-device copy (graph-capturable)."""
-    rt = device.rt
-
-    def kernel(ctx: _FakeContext, stream) -> None:
-        n = 4 * int(np.prod(ctx.shapes["x"]))
-        kind = rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-        (err,) = rt.cudaMemcpyAsync(ctx.addresses["y"], ctx.addresses["x"], n, kind, device.stream)
-        assert err == rt.cudaError_t.cudaSuccess
-
-    return kernel
-
-
-@pytest.mark.parametrize("cuda_graph", [False, True])
-@pytest.mark.parametrize(
-    "where", ["host", pytest.param("cuda", marks=pytest.mark.gpu)], ids=["fake-device", "cuda"]
-)
-def test_runner_control_flow(tmp_path: Path, where: str, cuda_graph: bool):
-    if where == "cuda":
-        if not _has_gpu():
-            pytest.skip("needs an NVIDIA GPU")
-        from gligen_rt.engines.tensorrt import CudaDevice
-
-        device = CudaDevice()
-        _FakeContext.kernel = staticmethod(_cuda_kernel(device))
-        expect = lambda x: x  # noqa: E731
-    else:
-        device = _HostDevice()
-        _FakeContext.kernel = staticmethod(_host_kernel(device))
-        expect = reference
-    plan = tmp_path / "toy.plan"
-    plan.write_bytes(b"toy-plan")
-    runner = TrtEngineRunner(
-        plan, backend="tensorrt", cuda_graph=cuda_graph, device=device, trt_module=_FakeTrt
-    )
-    with pytest.raises(EngineError):
-        runner.run({"x": np.zeros((1, WIDTH), np.float32)})  # not loaded
-    runner.load()
-    assert runner.input_names == ("x",) and runner.output_names == ("y",)
+def test_runner_runs_on_one_stream_without_waiting():
+    """Every enqueue goes to the backend's stream, and a call never waits for the device."""
+    runner, arrays = _runner({"control_flow": []})
     for batch in (1, 1, 3, 2, 4, 4):
         x = RNG.standard_normal((batch, WIDTH))  # float64: cast to the engine's float32
         y = runner.run({"x": x})["y"]
         assert y.shape == (batch, WIDTH) and y.dtype == np.float32
-        np.testing.assert_allclose(y, expect(x.astype(np.float32)), rtol=1e-5, atol=1e-6)
-    if cuda_graph:
-        assert len(runner._graphs) >= 1
+        np.testing.assert_allclose(y, reference(x.astype(np.float32)), rtol=1e-5, atol=1e-6)
+    assert arrays.stream.waits == 0
+    assert runner.context.streams and set(runner.context.streams) == {arrays.stream.ptr}
+    assert runner.graph is None  # dynamic engines are enqueued, never captured
     with pytest.raises(EngineError) as e:
         runner.run({"x": np.zeros((5, WIDTH), np.float32)})
-    assert "outside the engine's profile" in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(EngineError):
-        runner.run({"z": np.zeros((1, WIDTH), np.float32)})
-    runner.close()
-    if where == "cuda":
-        device.close()
-    else:
-        assert device.mem == {}
+    assert "outside the plan's profile" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_runner_rejects_bad_plan_and_manifest(tmp_path: Path):
-    plan = tmp_path / "toy.plan"
-    plan.write_bytes(b"garbage")
-    runner = TrtEngineRunner(plan, device=_HostDevice(), trt_module=_FakeTrt)
+@pytest.mark.parametrize(
+    "builder,captured",
+    [
+        ({"control_flow": []}, True),
+        ({"control_flow": ["CONDITION", "CONDITIONAL_INPUT", "CONDITIONAL_OUTPUT"]}, False),
+        ({}, False),  # a plan built before control flow was recorded: never captured
+    ],
+    ids=["no-control-flow", "if-layers", "unrecorded"],
+)
+def test_static_plan_is_captured_only_without_control_flow(builder: dict, captured: bool):
+    """A CUDA graph replays the branch its capture took: a plan with If layers (the gate-skip UNet)
+    is enqueued on every call instead, and gives each input its own result."""
+    assert cuda_graph_allowed(builder) is captured
+    runner, arrays = _runner(builder, static=True)
+    assert (runner.graph is not None) is captured
+    for _ in range(3):
+        x = RNG.standard_normal((2, WIDTH)).astype(np.float32)
+        np.testing.assert_allclose(runner.run({"x": x})["y"], reference(x), rtol=1e-5, atol=1e-6)
+    assert arrays.stream.launches == (3 if captured else 0)
     with pytest.raises(EngineError) as e:
-        runner.load()
-    assert "could not load toy.plan" in str(e.value)
-    # A manifest from another TensorRT version stops the load before deserializing.
-    plan.write_bytes(b"toy-plan")
-    spec = toy_spec()
-    write_manifest(
-        tmp_path / "toy.json",
-        EngineManifest(
-            engine="toy",
-            backend="tensorrt",
-            artifact="toy.plan",
-            artifact_sha256=mf.sha256_file(plan),
-            artifact_size=plan.stat().st_size,
-            spec_fingerprint=fingerprint(spec),
-            spec=spec_to_dict(spec),
-            onnx_sha256="0" * 64,
-            model_config={},
-            precision="fp32",
-            flavor="fp32",
-            library_versions={"tensorrt": "10.3.0"},
-        ),
-    )
-    with pytest.raises(EngineError) as e:
-        TrtEngineRunner(plan, spec=spec, device=_HostDevice(), trt_module=_FakeTrt).load()
-    assert "built for TensorRT 10.3.0 but 0.0-fake is installed" in str(e.value)
-    data = json.loads((tmp_path / "toy.json").read_text())
-    data["library_versions"] = {"tensorrt": "0.0-fake"}
-    (tmp_path / "toy.json").write_text(json.dumps(data))
-    TrtEngineRunner(plan, spec=spec, device=_HostDevice(), trt_module=_FakeTrt).load()
+        runner.run({"x": np.zeros((1, WIDTH), np.float32)})
+    assert "built static" in str(e.value)
 
 
+def test_runner_uses_the_shared_scratch_buffer():
+    """USER_MANAGED contexts get the one scratch buffer; a new buffer re-captures the graph."""
+    from fake_trt import FakeTrt
+
+    runner, arrays = _runner({"control_flow": []}, static=True, scratch=4096)
+    assert runner.context.strategy == FakeTrt.ExecutionContextAllocationStrategy.USER_MANAGED
+    assert runner.context.device_memory == (arrays.pointer(runner.scratch), 4096)
+    first = runner.graph
+    bigger = arrays.empty((8192,), np.uint8)
+    runner.set_scratch(bigger)
+    assert runner.context.device_memory == (arrays.pointer(bigger), 8192) and runner.graph is not first
+
+
+def test_rtx_context_settings_and_runtime_cache(tmp_path: Path):
+    """TensorRT-RTX: its own CUDA-graph strategy only where capture is allowed, the runtime cache
+    set on every context and saved across processes, one place for both (create_context)."""
+    from fake_trt import FakeDeviceArrays, FakeEngine, FakeTrt
+
+    arrays = FakeDeviceArrays()
+    spec = toy_spec((2, 2, 2))
+    engine = FakeEngine(spec, arrays, lambda feeds: {"y": reference(feeds["x"])}, scratch=10)
+    cache = RuntimeCache(engine, tmp_path / "runtime.cache")
+    for builder, strategy in (({"control_flow": []}, "WHOLE_GRAPH_CAPTURE"), ({}, "DISABLED")):
+        runner = PlanRunner(FakeTrt, engine, spec, builder, arrays, "tensorrt-rtx", runtime_cache=cache)
+        config = runner.context.config
+        assert config.cuda_graph_strategy == getattr(FakeTrt.CudaGraphStrategy, strategy)
+        assert config.runtime_cache is cache.cache
+        assert runner.graph is None  # RTX captures by itself: we never do
+    cache.cache.blob = b"kernels"
+    cache.save()
+    again = RuntimeCache(engine, tmp_path / "runtime.cache")
+    assert again.cache.blob == b"kernels"
+
+
+@pytest.mark.gpu
 @needs_rtx
+@pytest.mark.skipif(not _has_gpu(), reason="needs an NVIDIA GPU (CuPy sees none)")
 def test_run_rtx_plan_needs_gpu(tmp_path: Path):
-    if not _has_gpu():
-        pytest.skip("needs an NVIDIA GPU")
     onnx_path = write_toy_onnx(tmp_path / "toy.onnx")
     plan = build_engine(onnx_path, toy_spec(), tmp_path / "toy.plan", backend="tensorrt-rtx")
-    with TrtEngineRunner(plan, backend="tensorrt-rtx", spec=toy_spec()) as runner:
-        x = RNG.standard_normal((3, WIDTH)).astype(np.float32)
-        np.testing.assert_allclose(runner.run({"x": x})["y"], reference(x), rtol=1e-3, atol=1e-4)
+    x = RNG.standard_normal((3, WIDTH)).astype(np.float32)
+    np.testing.assert_allclose(
+        run_plan(plan, toy_spec(), {"x": x}, backend="tensorrt-rtx")["y"], reference(x), rtol=1e-3, atol=1e-4
+    )
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import pytest
 
 from gligen_rt.engines import manifest as M
 from gligen_rt.engines import spec as S
+from gligen_rt.engines.tensorrt import gpu_compute_capability
 from gligen_rt.export.api import export_engines
 from gligen_rt.export.inputs import make_inputs
 from gligen_rt.export.parity import ort_session, rel_error
@@ -25,12 +26,7 @@ ENVELOPE = S.ShapeEnvelope(batch=(1, 1, 2), height=(128, 128, 192), width=(128, 
 
 
 def _has_gpu() -> bool:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return False
-    err, count = cudart.cudaGetDeviceCount()
-    return err == cudart.cudaError_t.cudaSuccess and count > 0
+    return gpu_compute_capability() is not None  # CuPy sees a CUDA device
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +76,10 @@ def test_every_tiny_engine_builds(folders: dict[str, Path], plans: dict[str, lis
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not _has_gpu(), reason="needs an NVIDIA GPU (CuPy sees none)")
 def test_tiny_plans_match_onnx_runtime(folders: dict[str, Path], plans: dict[str, list[Path]]):
-    if not _has_gpu():
-        pytest.skip("needs an NVIDIA GPU")
     from gligen_rt.core.config import from_dict
-    from gligen_rt.engines.tensorrt import TrtEngineRunner
+    from gligen_rt.runtime.backend_tensorrt import run_plan
 
     for key, paths in plans.items():
         folder = M.load_folder_manifest(folders[key])
@@ -95,7 +90,6 @@ def test_tiny_plans_match_onnx_runtime(folders: dict[str, Path], plans: dict[str
             tol = 2e-2 if M.load_manifest(folders[key] / f"{spec.name}.json").precision == "fp16" else 1e-3
             inputs = make_inputs(spec, config, 2, 128, 192, seed=5, gate=0.5)
             want = ort_session(folders[key] / f"{spec.name}.onnx").run(None, inputs)
-            with TrtEngineRunner(plan, backend="tensorrt-rtx", spec=spec) as runner:
-                got = runner.run(inputs)
+            got = run_plan(plan, spec, inputs, backend="tensorrt-rtx")
             for name, w in zip(spec.output_names, want):
                 assert rel_error(got[name], w)[0] < tol, (key, spec.name, name)

@@ -239,6 +239,12 @@ def test_tensorrt_rtx_builds(fp16_pair: tuple[Path, Path], tmp_path: Path) -> No
         static_shape=(2, 128, 128),
     )
     assert plan.stat().st_size > 0
+    # The If layers are recorded, so the runtime never captures this plan into a CUDA graph.
+    from gligen_rt.engines.manifest import load_manifest, manifest_path_for
+    from gligen_rt.engines.tensorrt import cuda_graph_allowed
+
+    builder = load_manifest(manifest_path_for(plan)).builder
+    assert "CONDITION" in builder["control_flow"] and not cuda_graph_allowed(builder)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,15 +306,53 @@ def test_toy_graph_and_dynamo_scopes() -> None:
     assert fuser_scope(helper.make_node("Relu", ["a"], ["b"], name="/unet/conv_in/Conv")) is None
 
 
-def test_gate_skip_folder_runs_one_unet_and_gives_the_two_engine_image(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def gate_skip_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Tiny text-box engine folders: (one gate-skip UNet, unet + unet_plain)."""
+    tmp = tmp_path_factory.mktemp("gate_skip_pair")
+    common = dict(envelope=ENVELOPE, modality="text-box", progress=False, threads=1)
+    one = export_engines("tiny-random", tmp / "one", gate_skip=True, **common)
+    two = export_engines("tiny-random", tmp / "two", **common)
+    return one, two
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["ort-cpu", pytest.param("openvino", marks=pytest.mark.skipif(not HAS_OPENVINO, reason="no openvino"))],
+)
+def test_gate_one_after_gate_zero_still_runs_the_fusers(
+    gate_skip_pair: tuple[Path, Path], backend: str
+) -> None:
+    """A backend that ran the gate-skip UNet at gate 0 (the plain branch) runs the fusers at gate 1
+    on its next call: nothing it kept from the first call (a compiled or captured path) replays
+    the plain branch. TensorRT gets the same promise by construction: plans with If layers are
+    never CUDA-graph captured (tests/test_build_trt_rtx.py)."""
+    from gligen_rt.runtime import make_backend
+    from gligen_rt.runtime.folder import EngineFolder
+
+    folder = EngineFolder.open(gate_skip_pair[0], check_sha256=False)
+    spec = folder.specs[S.UNET]
+    feeds = {g: make_inputs(spec, folder.config, 2, 128, 128, seed=7, gate=g) for g in (0.0, 1.0)}
+    with make_backend(backend, threads=1) as fresh:
+        fresh.load(folder, [S.UNET])
+        want = fresh.run(S.UNET, feeds[1.0])["eps"]
+    with make_backend(backend, threads=1) as b:
+        b.load(folder, [S.UNET])
+        plain = b.run(S.UNET, feeds[0.0])["eps"]
+        got = b.run(S.UNET, feeds[1.0])["eps"]
+    assert rel_error(got, want)[0] < EXACT
+    assert rel_error(got, plain)[0] > 1e-3  # the fusers changed the output: gate 1 is not gate 0
+
+
+def test_gate_skip_folder_runs_one_unet_and_gives_the_two_engine_image(
+    gate_skip_pair: tuple[Path, Path],
+) -> None:
     """export_engines(gate_skip=True) writes no unet_plain; the runtime's plain steps then run the
     If graph at gate 0 and the image equals the two-engine folder's."""
     from gligen_rt.core.request import GenerationRequest, GroundedObject
     from gligen_rt.runtime import GligenPipeline
 
-    common = dict(envelope=ENVELOPE, modality="text-box", progress=False, threads=1)
-    one = export_engines("tiny-random", tmp_path / "one", gate_skip=True, **common)
-    two = export_engines("tiny-random", tmp_path / "two", **common)
+    one, two = gate_skip_pair
     assert not (one / "unet_plain.onnx").exists() and (two / "unet_plain.onnx").exists()
     assert gate_skip_report(onnx.load(str(one / "unet.onnx"), load_external_data=False))["if_nodes"] == 16
     request = GenerationRequest(

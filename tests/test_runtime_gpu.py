@@ -16,7 +16,7 @@ from gligen_rt.runtime import GligenPipeline
 
 def _gpu_reason() -> str | None:
     if importlib.util.find_spec("cupy") is None:
-        return "needs CuPy (pip install cupy-cuda12x) and an NVIDIA GPU"
+        return "needs CuPy (pip install 'gligen-rt[cuda13]' or [cuda12]) and an NVIDIA GPU"
     import cupy
 
     try:
@@ -35,18 +35,22 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return write_images(tmp_path_factory.mktemp("images"))
 
 
-def _count_host_copies(pipe: GligenPipeline) -> list[int]:
-    """Wrap the backend's to_host; the list's one element counts the calls."""
+def _count(pipe: GligenPipeline, method: str) -> list[int]:
+    """Wrap a method of the backend's arrays; the list's one element counts the calls."""
     count = [0]
     arrays = pipe.backend.arrays
-    original = arrays.to_host
+    original = getattr(arrays, method)
 
-    def counted(x):
+    def counted(*a):
         count[0] += 1
-        return original(x)
+        return original(*a)
 
-    arrays.to_host = counted  # type: ignore[method-assign]
+    setattr(arrays, method, counted)
     return count
+
+
+def _count_host_copies(pipe: GligenPipeline) -> list[int]:
+    return _count(pipe, "to_host")
 
 
 @pytest.mark.parametrize("modality,inpaint", [("text-box", False), ("hed", False), ("text-box", True)])
@@ -67,8 +71,10 @@ def test_device_loop_on_torch_cuda(tmp_path_factory, images, modality: str, inpa
         with GligenPipeline.from_engines(folder, "torch", model=model, device="cuda") as pipe:
             assert pipe.backend.arrays.on_device
             count = _count_host_copies(pipe)
+            waits = _count(pipe, "synchronize")
             result = pipe(request)
         counts.append(count[0])
+        assert waits[0] == 1, f"the host waited for the stream {waits[0]} times in one request"
         value = psnr(result.images, expected.images)
         print(f"PSNR {modality}{' inpaint' if inpaint else ''} torch-cuda {steps} steps: {value:.1f} dB")
         assert value >= 45.0

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gligen_rt.core.imageio import psnr  # noqa: F401  (re-exported for the runtime tests)
 from gligen_rt.core.modality import NUM_KEYPOINTS, Modality
 from gligen_rt.core.request import GenerationRequest, GroundedObject, Person
 
@@ -69,12 +70,6 @@ def reference(modality: str, inpaint: bool = False) -> Any:
     from gligen_rt.core.tokenizer import ClipTokenizer
 
     return ReferencePipeline(build_model(tiny_random(modality, inpaint), 0), ClipTokenizer.default())
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of two uint8 image batches (inf when equal)."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0.0 else 10.0 * float(np.log10(255.0**2 / mse))
 
 
 def write_images(folder: Path) -> dict[str, str]:

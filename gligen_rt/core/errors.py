@@ -35,3 +35,10 @@ class NumericalError(GligenError):
 
 class DataError(GligenError):
     """A training data folder is missing, unreadable, or holds an invalid image, box or phrase."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most `limit` characters), or its type name: how a
+    library's multi-line error is quoted inside our one-line messages."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

@@ -7,6 +7,7 @@ JPEG, WebP); any other extension is a one-line RequestError before anything is c
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -228,3 +229,14 @@ def output_paths(out: str | os.PathLike[str], n: int) -> list[str]:
         return [out]
     stem, ext = os.path.splitext(out)
     return [f"{stem}_{i}{ext or '.png'}" for i in range(n)]
+
+
+def psnr(image: np.ndarray, reference: np.ndarray) -> float:
+    """PSNR in dB of uint8 images (or batches) of equal shape (inf when identical): the one
+    definition the tests, the benchmarks and the runtime's checks use."""
+    a = np.asarray(image, dtype=np.float64)
+    b = np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"image {a.shape} and reference {b.shape} differ in shape")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
