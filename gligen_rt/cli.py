@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate)
 
     from gligen_rt.benchmarks.cli import register as register_bench
+    from gligen_rt.benchmarks.grounding import register as register_eval
     from gligen_rt.engines.build import register as register_build
     from gligen_rt.export.cli import register as register_export
     from gligen_rt.runtime.cli import register_inspect
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_bench(sub)
     register_inspect(sub)
     register_serve(sub)
+    register_eval(sub)
     if register_train is not None:
         register_train(sub)
     for command in sub.choices.values():  # -v also after the subcommand

@@ -22,6 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--size", type=int, default=128)
     s.set_defaults(func=cmd_scenes)
 
+    k = stages.add_parser(
+        "package", help="fp16 diffusers folder + FP32 engines + model card of a trained run"
+    )
+    k.add_argument("--runs", type=Path, required=True, help="folder holding the vae/, base/ and gligen/ runs")
+    k.add_argument("--out", type=Path, required=True)
+    k.add_argument("--notes", default="", help="extra text for the model card")
+    k.set_defaults(func=cmd_package)
+
     for stage, lr, batch in (("vae", 1e-3, 16), ("base", 1e-3, 32), ("gligen", 5e-4, 32)):
         t = stages.add_parser(stage, help=f"train the {stage} stage")
         t.add_argument(
@@ -49,6 +57,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--limit", type=int, default=None, help="use the first N samples")
         t.add_argument("--resume", action="store_true", help="continue the run in --out bit-exactly")
         t.add_argument("--no-progress", action="store_true")
+        if stage == "gligen":
+            t.add_argument(
+                "--gate-lr-scale",
+                type=float,
+                default=1.0,
+                help="learning-rate factor of the fusers' tanh gates",
+            )
         if stage == "vae":
             t.add_argument("--crop", type=int, default=64, help="random crop side")
         t.set_defaults(func=cmd_train)
@@ -91,6 +106,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         **({"crop": args.crop} if args.stage == "vae" else {}),
+        **({"gate_lr_scale": args.gate_lr_scale} if args.stage == "gligen" else {}),
     )
     print(train(targs))
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from gligen_ref.train.package import package
+
+    print(package(args.runs, args.out, args.notes))
     return 0
