@@ -261,10 +261,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="grounding accuracy (AP50-like, mean IoU, colour) of a model trained on the synthetic scenes, every backend",
     )
     p.add_argument(
-        "--model", type=Path, default=None, help="diffusers folder (default: the packaged tiny model)"
+        "--model", type=Path, required=True, help="the trained model's diffusers folder (RUN/model)"
     )
     p.add_argument(
-        "--engines", type=Path, default=None, help="FP32 engine folder (default: the packaged one)"
+        "--engines",
+        type=Path,
+        required=True,
+        help="its FP32 engine folder (gligen-rt export --checkpoint RUN/model)",
     )
     p.add_argument("--engines-fp16", type=Path, default=None, help="FP16 engine folder (ort-fp16)")
     p.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
