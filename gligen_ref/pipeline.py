@@ -15,7 +15,8 @@ One request -> images. What happens, in order (the runtime does the same over en
 7. VAE decode, NaN check, uint8.
 
 Noise comes from gligen_rt.core.noise.NoiseStream(seed), so the same seed gives the same image here
-and in every runtime backend.
+and in every runtime backend. The CFG layout and the per-step arithmetic (steps 4-6) are
+gligen_rt.core.flow's, the same functions the runtime calls.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from gligen_ref.model import GLIGENModel
+from gligen_rt.core import flow as F
 from gligen_rt.core import grounding as G
 from gligen_rt.core.config import ModelConfig
 from gligen_rt.core.errors import NumericalError
@@ -51,10 +53,6 @@ class GenerationResult:
     images: np.ndarray  # (N, H, W, 3) uint8
     latents: np.ndarray  # (N, 4, H/8, W/8) float32, final denoised latents
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
-
-
-def resolve_size(request: GenerationRequest, config: ModelConfig) -> tuple[int, int]:
-    return (request.height or config.default_size, request.width or config.default_size)
 
 
 class ReferencePipeline:
@@ -152,9 +150,7 @@ class ReferencePipeline:
         validate(request, cfg.modality, cfg.inpaint, multiple=SIZE_MULTIPLE)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        H, W = resolve_size(request, cfg)
-        n = request.num_images
-        h, w = H // cfg.vae.downscale, W // cfg.vae.downscale
+        H, W, n, h, w = F.request_geometry(request, cfg)
         rng = NoiseStream(request.seed)
 
         tic = time.perf_counter()
@@ -173,7 +169,7 @@ class ReferencePipeline:
         ginputs = self.grounding_inputs(request, phrase_emb, image_emb, (H, W))
         tokens, extra = self.model.grounding_tokens(**{k: self._t(v) for k, v in ginputs.items()})
         if extra is not None:  # spatial: both CFG halves take the real map's downsampler output
-            extra = torch.cat([extra[n:], extra[n:]])
+            extra = F.spatial_extra(extra, n, torch.cat)
         timings["grounding"] = time.perf_counter() - tic
 
         x = noise if noise is not None else rng.latents((n, cfg.unet.latent_channels, h, w))
@@ -189,13 +185,11 @@ class ReferencePipeline:
             extra = torch.cat([z0 * mask, mask], dim=1)
             timings["vae_encoder"] = time.perf_counter() - tic
 
-        guided = request.guidance != 1.0
-        ctx = torch.cat([context[:1].expand(n, -1, -1), context[1:].expand(n, -1, -1)])
+        ctx = F.cfg_context(context, n, torch.cat)
         if cfg.inpaint:
             extra = torch.cat([extra, extra])
-        if not guided:  # conditional half only
-            ctx, tokens = ctx[n:], tokens[n:]
-            extra = None if extra is None else extra[n:]
+        if request.guidance == 1.0:
+            ctx, tokens, extra = F.conditional_half(ctx, tokens, extra, n)
 
         scheduler = make_scheduler(request.sampler, request.steps)
         gates = request_gates(
@@ -207,22 +201,16 @@ class ReferencePipeline:
         for step in plan:
             if cfg.inpaint:
                 known = scheduler.add_noise(z0, self._t(rng.like(z0.cpu().numpy())), step.index)
-                x = known * mask + x * (1.0 - mask)
+                x = F.inpaint_blend(x, known, mask)
             gate = torch.tensor([step.gate], dtype=torch.float32, device=self.device)
 
-            def eps_fn(x_in: torch.Tensor, t: float, step=step, gate=gate) -> torch.Tensor:
-                xin = torch.cat([x_in, x_in]) if guided else x_in
+            def unet(sample: torch.Tensor, t: float, step=step, gate=gate) -> torch.Tensor:
                 ts = torch.tensor([float(t)], dtype=torch.float32, device=self.device)
                 if step.engine == "unet":
-                    e = self.model.unet_grounded(xin, ts, ctx, tokens, gate, extra)
-                else:
-                    e = self.model.unet_plain(xin, ts, ctx, extra)
-                if not guided:
-                    return e
-                e_u, e_c = e.chunk(2)
-                return e_u + request.guidance * (e_c - e_u)
+                    return self.model.unet_grounded(sample, ts, ctx, tokens, gate, extra)
+                return self.model.unet_plain(sample, ts, ctx, extra)
 
-            x = scheduler.step(x, step.index, eps_fn)
+            x = scheduler.step(x, step.index, F.make_eps_fn(unet, request.guidance, torch.cat))
             if on_step is not None:
                 on_step(step.index, len(plan))
         timings["denoise"] = time.perf_counter() - tic

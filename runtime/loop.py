@@ -9,6 +9,7 @@ Per step (gligen_ref/pipeline.py, step 6, the same arithmetic in the same order)
         eps    = eps_u + s * (eps_c - eps_u)
     x <- scheduler.step(x, i, eps_fn)             (PLMS calls eps_fn twice on its first step)
 
+The CFG blend and the inpainting blend are gligen_rt.core.flow's (shared with the reference).
 The engine of a step and its gate come from the plan (``PlanStep``); what each engine takes is
 read from its spec's input names, so the loop never branches on modality or backend.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from gligen_rt.core.flow import inpaint_blend, make_eps_fn
 from gligen_rt.core.schedule import PlanStep
 from gligen_rt.core.schedulers import Scheduler
 
@@ -107,23 +109,17 @@ def denoise(
     for step in plan:
         if inpainting is not None:
             known = scheduler.add_noise(inpainting.z0, inpainting.noise[step.index], step.index)
-            x = known * inpainting.mask + x * (1.0 - inpainting.mask)
+            x = inpaint_blend(x, known, inpainting.mask)
         gate = scalar(step.gate)
         names = input_names[step.engine]
 
-        def eps_fn(
-            x_in: Array, t: float, engine: str = step.engine, gate: Array = gate, names=names
+        def unet(
+            sample: Array, t: float, engine: str = step.engine, gate: Array = gate, names=names
         ) -> Array:
-            sample = arrays.concat([x_in, x_in]) if cond.guided else x_in
             available = {**feeds_const, "sample": sample, "timestep": scalar(float(t)), "gate": gate}
-            e = run(engine, {n: available[n] for n in names})["eps"]
-            if not cond.guided:
-                return e
-            half = e.shape[0] // 2
-            e_u, e_c = e[:half], e[half:]
-            return e_u + cond.guidance * (e_c - e_u)
+            return run(engine, {n: available[n] for n in names})["eps"]
 
-        x = scheduler.step(x, step.index, eps_fn)
+        x = scheduler.step(x, step.index, make_eps_fn(unet, cond.guidance, arrays.concat))
         marks.append(arrays.mark())
         if on_step is not None:
             on_step(step.index, len(plan))

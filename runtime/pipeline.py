@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from gligen_rt.core import flow as F
 from gligen_rt.core.errors import NumericalError, RequestError
 from gligen_rt.core.imageio import to_uint8
 from gligen_rt.core.modality import Modality
@@ -337,7 +338,7 @@ class GligenPipeline:
             gout = run(GROUNDING, {k: arrays.asarray(v, np.float32) for k, v in ginputs.items()})
             tokens, extra = gout["tokens"], gout.get("extra")
             if extra is not None:  # spatial: both CFG halves take the real map's downsampler output
-                extra = arrays.concat([extra[n:], extra[n:]])
+                extra = F.spatial_extra(extra, n, arrays.concat)
             run.stage("grounding", tic)
 
             x = arrays.asarray(noise if noise is not None else rng.latents(latent_shape), np.float32)
@@ -362,12 +363,12 @@ class GligenPipeline:
                 step_noise = np.stack([rng.latents(latent_shape) for _ in plan])
                 inpainting = Inpainting(z0, mask, arrays.asarray(step_noise))
 
-            ctx = arrays.concat([context[:1]] * n + [context[1:2]] * n)
+            ctx = F.cfg_context(context, n, arrays.concat)
             if cfg.inpaint:
                 extra = arrays.concat([extra, extra])
+            if request.guidance == 1.0:
+                ctx, tokens, extra = F.conditional_half(ctx, tokens, extra, n)
             cond = Conditioning(ctx, tokens, extra, float(request.guidance))
-            if not cond.guided:  # conditional half only
-                cond = Conditioning(ctx[n:], tokens[n:], None if extra is None else extra[n:], cond.guidance)
 
             x = x * scheduler.init_noise_sigma
             tic = arrays.mark()

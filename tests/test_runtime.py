@@ -398,5 +398,7 @@ def test_inspect(folder: Path, capsys) -> None:
         "out eps",
         "parity",
         "envelope",
+        "weights",
+        "peak with --low-memory",
     ):
         assert needle in text, needle
