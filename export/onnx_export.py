@@ -329,7 +329,7 @@ def _export_engine(
         if not report.passed:
             raise ParityError(
                 f"{name}: ONNX Runtime differs from PyTorch by {report.max_rel_err:.3g} relative "
-                f"({report.worst_case}; limit {report.limit:.3g}): the export was not written"
+                f"({report.worst_case}; limit {report.worst_limit:.3g}): the export was not written"
             )
         log.info("%s: parity %.2e (limit %.3g), %d nodes", name, report.max_rel_err, report.limit, nodes)
 
