@@ -6,8 +6,8 @@ here, so a changed README line is what gets tested. They run in order, in one sc
 holding a link to the repository's `examples/`, so relative outputs land there and a command can
 read what an earlier one wrote; an absolute output folder (`--out-dir /tmp/x`) is moved into the
 scratch folder: the only substitution. A command is skipped, with the reason, when it needs what
-cannot exist here: a real checkpoint or an engine folder exported from one, an NVIDIA GPU, or a
-placeholder (`...`).
+cannot exist here: a real checkpoint or what is made from it, a trained model, an NVIDIA GPU, a
+placeholder (`...`), or a command that does not end in test time (`serve`, `train`).
 """
 
 from __future__ import annotations
@@ -65,15 +65,27 @@ def readme_commands() -> list[tuple[str, str]]:
     return [(name, c) for name in READMES for c in commands((ROOT / name).read_text())]
 
 
+# Subcommands that do not end by themselves in test time, and the tests that cover them instead.
+LONG_RUNNING = {
+    "serve": "starts a server that runs until stopped (tests/test_serve*.py run it)",
+    "train": "trains for minutes to hours (tests/test_train.py runs the stages in miniature)",
+}
+INPUT_FOLDERS = ("--engines", "--onnx", "--data", "--init", "--runs")
+
+
 def skip_reason(argv: list[str], cwd: Path) -> str | None:
     if "..." in argv:
         return "a template with a placeholder (...)"
+    if argv and argv[0] in LONG_RUNNING:
+        return LONG_RUNNING[argv[0]]
     flags = dict(zip(argv, argv[1:]))
     if "--checkpoint" in flags and not (cwd / flags["--checkpoint"]).exists():
         return f"needs a released checkpoint ({flags['--checkpoint']}), not in the repository"
-    for flag in ("--engines", "--onnx"):
-        if flag in flags and not (cwd / flags[flag]).exists():
-            return f"needs {flags[flag]}, exported from a released checkpoint by an earlier skipped command"
+    model = flags.get("--model", "")
+    inputs = [flags.get(f) for f in INPUT_FOLDERS] + [model if "/" in model else None]  # a model folder
+    for value in inputs:
+        if value is not None and not (cwd / value).exists():
+            return f"needs {value}, written by an earlier command skipped here (a released checkpoint or training)"
     if flags.get("--backend") in GPU_BACKENDS and gpu_count()[0] == 0:
         return f"--backend {flags['--backend']} needs an NVIDIA GPU and its driver"
     if flags.get("--device") == "cuda" and gpu_count()[0] == 0:
