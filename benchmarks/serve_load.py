@@ -70,6 +70,23 @@ def http_sender(url: str, timeout: float = 300.0) -> Callable[[Any, dict[str, An
     return send
 
 
+def triton_sender(url: str, model: str = "gligen", timeout: float = 300.0):
+    """A sender for the Triton repository of `gligen-rt triton-repo` (KServe v2 JSON over HTTP)."""
+
+    def send(client: Any, body: dict[str, Any]) -> tuple[int, np.ndarray]:
+        payload = {
+            "inputs": [{"name": "REQUEST", "shape": [1], "datatype": "BYTES", "data": [json.dumps(body)]}]
+        }
+        r = client.post(f"{url}/v2/models/{model}/infer", json=payload, timeout=timeout)
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        images = np.asarray(out["IMAGES"]["data"], dtype=np.uint8).reshape(out["IMAGES"]["shape"])
+        return int(out["SEED"]["data"][0]), images[0]
+
+    return send
+
+
 def _decode(png: bytes) -> np.ndarray:
     import io
 

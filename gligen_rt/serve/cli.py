@@ -87,7 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    """Add `gligen-rt serve` to the CLI's subparsers."""
+    """Add `gligen-rt serve` and `gligen-rt triton-repo` to the CLI's subparsers."""
+    from .triton import register as register_triton
+
+    register_triton(subparsers)
     p = subparsers.add_parser("serve", help="HTTP server with a box-drawing page over an engine folder")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--engines", type=Path, default=None, help="engine folder (from `gligen-rt export`)")
