@@ -66,6 +66,8 @@ class Triton:
             "--allow-grpc=false",
             "--allow-metrics=false",
             "--exit-timeout-secs=5",
+            # a busy shared CPU can starve the stub past the default 30 s health check
+            "--backend-config=python,stub-timeout-seconds=300",
         ]
         # The stub's embedded Python takes its prefix from `python3` on PATH: keep this test's
         # virtualenv off it, so the stub runs the system Python (with numpy<2, which the stub needs).
