@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gligen_rt.core.backends import BUILD_BACKENDS
+from gligen_rt.core.backends import BUILD_BACKENDS, GPU_BACKENDS
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import (
     EngineManifest,
@@ -348,7 +348,7 @@ def _build_openvino(
 
 
 # Backends whose build needs an NVIDIA GPU (TensorRT-RTX builds without one).
-GPU_BUILD_BACKENDS = ("tensorrt", "ort-cuda", "ort-trt")
+GPU_BUILD_BACKENDS = tuple(b for b in GPU_BACKENDS if b != "tensorrt-rtx")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -8,11 +8,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from gligen_rt.core.backends import BACKENDS as ALL_BACKENDS
 from gligen_rt.core.errors import GligenError, RequestError
 
 log = logging.getLogger("gligen_rt")
 
-BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "tensorrt-rtx", "openvino", "openvino-bf16")
+# The server runs engine folders: every engine backend (the torch reference is for parity, not serving).
+BACKENDS = tuple(b for b in ALL_BACKENDS if b != "torch")
 
 
 def bind(host: str, port: int) -> socket.socket:

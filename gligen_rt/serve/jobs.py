@@ -18,17 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gligen_rt.core.backends import GPU_BACKENDS
 from gligen_rt.core.errors import GligenError
 from gligen_rt.core.request import GenerationRequest
 
 log = logging.getLogger(__name__)
 
-# Backends that run on a GPU: two calls at once overlap one request's host work (tokenizing,
+
+# On GPU backends two calls at once overlap one request's host work (tokenizing,
 # reading images, PNG encoding) with another's device work. CPU backends already use every core
 # inside one call, so a second call only adds memory and latency.
-GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt", "tensorrt-rtx")
-
-
 def default_concurrency(backend: str) -> int:
     """Pipeline calls at once that fit a backend: 2 on GPU backends, 1 on CPU backends."""
     return 2 if backend in GPU_BACKENDS else 1
