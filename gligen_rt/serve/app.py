@@ -247,6 +247,18 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
         return fut
 
+    async def wait_a_while(job: Job, fut: asyncio.Future[Any]) -> None:
+        """Wait up to POLL_S for `fut` (the job's outcome), so that the caller can look at its
+        client or pass on progress in between; past the request's deadline (queue wait included)
+        cancel the job and raise TimedOut (504)."""
+        remaining = job.enqueued + limits.timeout_s - time.perf_counter()
+        if remaining <= 0:
+            runner.cancel(job)
+            raise TimedOut(
+                f"the request took longer than {limits.timeout_s:g} s (queue wait included): use fewer steps or a smaller size, or retry later"
+            )
+        await asyncio.wait({fut}, timeout=min(POLL_S, remaining))
+
     def result_json(job: Job, result: Any, t0: float) -> dict[str, Any]:
         req = job.request
         images = [base64.b64encode(_png(im)).decode("ascii") for im in result.images]
@@ -320,15 +332,8 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
             )
         job = submit(req, work)
         fut = outcome(job)
-        deadline = job.enqueued + limits.timeout_s
         while not fut.done():
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                runner.cancel(job)
-                raise TimedOut(
-                    f"the request took longer than {limits.timeout_s:g} s (queue wait included): use fewer steps or a smaller size, or retry later"
-                )
-            await asyncio.wait({fut}, timeout=min(POLL_S, remaining))
+            await wait_a_while(job, fut)
             if not fut.done() and await request.is_disconnected():
                 runner.cancel(job)
                 metrics.errors.labels("cancelled").inc()
@@ -359,17 +364,10 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
             return f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
 
         async def events() -> AsyncIterator[bytes]:
-            deadline = job.enqueued + limits.timeout_s
             try:
                 yield event("queued", {"id": job.id, "waiting": runner.waiting, "steps": req.steps})
                 while not fut.done():
-                    remaining = deadline - time.perf_counter()
-                    if remaining <= 0:
-                        runner.cancel(job)
-                        raise TimedOut(
-                            f"the request took longer than {limits.timeout_s:g} s (queue wait included): use fewer steps or a smaller size, or retry later"
-                        )
-                    await asyncio.wait({fut}, timeout=min(POLL_S, remaining))
+                    await wait_a_while(job, fut)
                     while not progress.empty():
                         i, n = progress.get_nowait()
                         yield event("progress", {"id": job.id, "step": i + 1, "steps": n})
