@@ -1,10 +1,13 @@
 """The page at / in a real headless browser (the system's chromium, driven by playwright): draw two
 boxes with the mouse, name them, generate; the image (equal to a direct pipeline call for the
 boxes drawn) and its overlay appear; an empty phrase and a box outside [0, 1] show the server's
-one-line message. Skips when chromium or playwright is absent."""
+one-line message. For a keypoint model: persons dragged (a standing pose) or clicked keypoint by
+keypoint, a keypoint moved and one deleted, then generated (equal to a direct call); too many
+persons show the server's message. Skips when chromium or playwright is absent."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 from serve_support import LiveServer, decode_png
 from test_runtime_support import engine_folder
 
-from gligen_rt.core.request import GenerationRequest, GroundedObject
+from gligen_rt.core.request import GenerationRequest, GroundedObject, Person
 from gligen_rt.runtime.pipeline import GligenPipeline
 from gligen_rt.serve import create_app
 
@@ -141,3 +144,78 @@ def test_bad_box_and_empty_phrase_show_the_servers_message(served, page) -> None
     pg.click("#generate")
     pg.wait_for_function("document.querySelector('#error').textContent.includes('outside [0, 1]')")
     assert pg.locator("#result").is_hidden()
+
+
+@pytest.fixture(scope="module")
+def served_keypoint(tmp_path_factory: pytest.TempPathFactory):
+    with GligenPipeline.from_engines(engine_folder(tmp_path_factory, "keypoint"), "ort-cpu") as pipe:
+        with LiveServer(create_app(pipe)) as server:
+            yield pipe, server
+
+
+def persons_on_page(pg) -> list[list[list[float] | None]]:
+    rows = pg.locator("#person-list li")
+    return [json.loads(rows.nth(i).get_attribute("data-keypoints")) for i in range(rows.count())]
+
+
+def click(pg, at: tuple[float, float]) -> None:
+    box = pg.locator("#draw").bounding_box()
+    pg.mouse.click(box["x"] + at[0] * box["width"], box["y"] + at[1] * box["height"])
+
+
+def test_keypoint_model_place_move_and_delete_keypoints_then_generate(served_keypoint, page) -> None:
+    pipe, server = served_keypoint
+    pg = page
+    pg.goto(server.url + "/")
+    pg.wait_for_function("document.querySelector('#sampler').options.length > 0")
+    assert "keypoint" in pg.locator("#model-info").inner_text()
+    assert pg.locator("#boxes-panel").is_hidden() and pg.locator("#persons-panel").is_visible()
+    pg.fill("#prompt", "two people in a park")
+    pg.fill("#seed", "4")
+    pg.fill("#steps", str(STEPS))
+
+    # a dragged box becomes a person in a standing pose filling it
+    drag(pg, (0.05, 0.1), (0.45, 0.9))
+    (first,) = persons_on_page(pg)
+    assert all(kp is not None for kp in first) and len(first) == 17
+    assert first[0] == pytest.approx([0.25, 0.164], abs=0.01)  # the nose: top middle
+    assert first[15][1] > 0.8 and first[16][1] > 0.8  # the ankles at the bottom
+    # drag its left wrist elsewhere
+    drag(pg, tuple(first[9]), (0.5, 0.45))
+    assert persons_on_page(pg)[0][9] == pytest.approx([0.5, 0.45], abs=0.01)
+    # select its right ankle and mark it missing
+    click(pg, tuple(first[16]))
+    pg.keyboard.press("Delete")
+    assert persons_on_page(pg)[0][16] is None
+    assert "a click places the right ankle" in pg.locator("#person-list li").nth(0).inner_text()
+    # that click places it again; the clicks after it start a second person keypoint by keypoint
+    click(pg, (0.3, 0.92))
+    assert persons_on_page(pg)[0][16] == pytest.approx([0.3, 0.92], abs=0.01)
+    for at in ((0.7, 0.2), (0.73, 0.17), (0.67, 0.17)):
+        click(pg, at)
+    second = persons_on_page(pg)[1]
+    assert [kp is not None for kp in second] == [True] * 3 + [False] * 14
+    assert second[1] == pytest.approx([0.73, 0.17], abs=0.01)
+    assert "a click places the left ear" in pg.locator("#person-list li").nth(1).inner_text()
+
+    pg.click("#generate")
+    pg.wait_for_selector("#result:not([hidden])")
+    pg.wait_for_function("document.querySelector('#result-image').naturalWidth > 0")
+    assert pg.locator("#error").is_hidden()
+    assert pg.locator("#result-overlay").get_attribute("data-persons") == "2"
+    got = decode_png(pg.locator("#download").get_attribute("href").split(",", 1)[1])
+    persons = tuple(
+        Person(tuple(None if kp is None else tuple(kp) for kp in kps)) for kps in persons_on_page(pg)
+    )
+    req = GenerationRequest(prompt="two people in a park", persons=persons, seed=4, steps=STEPS)
+    assert np.array_equal(got, pipe(req).images[0])
+
+    # more persons than the model takes: the server's message on the page, no new image
+    for i in range(7):
+        drag(pg, (0.05 + 0.1 * i, 0.05), (0.12 + 0.1 * i, 0.3))
+    assert pg.locator("#person-list li").count() == 9
+    pg.click("#generate")
+    pg.wait_for_selector("#error:not([hidden])")
+    assert pg.locator("#error").inner_text() == "9 persons: at most 8 are supported, remove 1"
+    pg.locator("#person-list li").nth(8).locator(".delete").click()
+    assert pg.locator("#person-list li").count() == 8

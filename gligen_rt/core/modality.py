@@ -35,6 +35,12 @@ SPATIAL = (Modality.HED, Modality.CANNY, Modality.DEPTH, Modality.NORMAL, Modali
 MAX_OBJECTS = 30  # box modalities: grounded objects per image (original and diffusers)
 MAX_PERSONS = 8  # keypoint modality
 NUM_KEYPOINTS = 17  # COCO keypoint order
+KEYPOINT_NAMES = (
+    "nose", "left eye", "right eye", "left ear", "right ear", "left shoulder", "right shoulder",
+    "left elbow", "right elbow", "left wrist", "right wrist", "left hip", "right hip",
+    "left knee", "right knee", "left ankle", "right ankle",
+)  # fmt: skip
+assert len(KEYPOINT_NAMES) == NUM_KEYPOINTS
 SEM_CLASSES = 152  # ADE20K one-hot channels of the sem model
 
 # Channels of the condition map fed to the spatial tokenizer / downsampler, and the downsampler's

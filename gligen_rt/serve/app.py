@@ -41,7 +41,8 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gligen_rt.core.errors import GligenError, NumericalError, RequestError
-from gligen_rt.core.modality import MAX_OBJECTS, MAX_PERSONS, NUM_KEYPOINTS
+from gligen_rt.core.imageio import COCO_SKELETON
+from gligen_rt.core.modality import KEYPOINT_NAMES, MAX_OBJECTS, MAX_PERSONS, NUM_KEYPOINTS
 from gligen_rt.core.request import MAX_STEPS, SAMPLERS, GenerationRequest, request_to_json
 
 from .jobs import Cancelled, Job, JobRunner, QueueFull
@@ -313,6 +314,8 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
             "max_objects": MAX_OBJECTS,
             "max_persons": MAX_PERSONS,
             "num_keypoints": NUM_KEYPOINTS,
+            "keypoint_names": list(KEYPOINT_NAMES),  # COCO order, as `persons` takes them
+            "skeleton": [list(limb) for limb in COCO_SKELETON],  # limbs as keypoint index pairs
             "limits": asdict(limits),
         }
 

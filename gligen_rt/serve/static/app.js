@@ -1,15 +1,26 @@
-// gligen-rt page: draw boxes with phrases, send the request, follow its progress, show the result.
+// gligen-rt page: draw boxes with phrases (or persons' keypoints for a keypoint model), send the
+// request, follow its progress, show the result.
 // Plain browser JavaScript, no build step. Coordinates are normalised to [0, 1] like the API's.
 "use strict";
 
 const PALETTE = ["#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58230", "#911eb4", "#46f0f0", "#f032e6", "#d2f53c", "#fabed4"];
 const HANDLE = 10; // px: the bottom-right corner that resizes a box
 const MIN_BOX = 4; // px: a smaller drag is a click, not a box
+const KP_RADIUS = 6; // px: a keypoint's dot, and how near a press must be to grab it
+// A standing person seen from the front, in a unit box, in COCO order (the person's left is on the
+// image's right): what a person dragged on the canvas starts with. Names and limbs come from /v1/info.
+const POSE = [
+  [0.5, 0.08], [0.54, 0.05], [0.46, 0.05], [0.58, 0.07], [0.42, 0.07], [0.68, 0.22], [0.32, 0.22],
+  [0.78, 0.4], [0.22, 0.4], [0.84, 0.56], [0.16, 0.56], [0.62, 0.55], [0.38, 0.55], [0.64, 0.76],
+  [0.36, 0.76], [0.65, 0.96], [0.35, 0.96],
+];
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("draw");
 const ctx = canvas.getContext("2d");
-const state = { info: null, boxes: [], selected: -1, drag: null, background: null };
+// persons: [{kps: [[x, y] | null] * 17}]; person / kp: the selected person and keypoint (-1: none).
+const state = { info: null, boxes: [], selected: -1, drag: null, background: null, persons: [], person: -1, kp: -1 };
+const keypointMode = () => !!state.info && state.info.modality === "keypoint";
 
 // ---- model info ---------------------------------------------------------------------------------
 
@@ -27,7 +38,12 @@ async function loadInfo() {
   for (const el of document.querySelectorAll(".modality-inpaint")) el.hidden = !info.inpaint;
   for (const el of document.querySelectorAll(".modality-image")) el.hidden = info.modality !== "text-image-box";
   for (const el of document.querySelectorAll(".modality-box")) el.hidden = !box && !info.inpaint;
+  for (const el of document.querySelectorAll(".modality-keypoint")) el.hidden = !keypointMode();
+  if (keypointMode() && info.num_keypoints !== POSE.length) {
+    showError(`the model takes ${info.num_keypoints} keypoints per person; this page knows ${POSE.length}`);
+  }
   renderList();
+  renderPersons();
   draw();
 }
 
@@ -58,6 +74,19 @@ canvas.addEventListener("pointerdown", (ev) => {
   canvas.focus();
   canvas.setPointerCapture(ev.pointerId);
   const [x, y] = toNorm(ev);
+  if (keypointMode()) {
+    const k = hitKeypoint(x, y);
+    if (k) {
+      Object.assign(state, { person: k.person, kp: k.kp });
+      state.drag = { mode: "kp", person: k.person, kp: k.kp };
+    } else {
+      state.kp = -1; // the selected person stays selected: a click places its next missing keypoint
+      state.drag = { mode: "new", start: [x, y], current: [x, y] };
+    }
+    renderPersons();
+    draw();
+    return;
+  }
   const h = hit(x, y);
   if (h) {
     const b = state.boxes[h.index];
@@ -73,10 +102,17 @@ canvas.addEventListener("pointerdown", (ev) => {
 
 canvas.addEventListener("pointermove", (ev) => {
   const d = state.drag;
-  if (!d) { canvas.style.cursor = hit(...toNorm(ev)) ? "move" : "crosshair"; return; }
+  if (!d) {
+    const over = keypointMode() ? hitKeypoint(...toNorm(ev)) : hit(...toNorm(ev));
+    canvas.style.cursor = over ? "move" : "crosshair";
+    return;
+  }
   const [x, y] = toNorm(ev);
   if (d.mode === "new") {
     d.current = [x, y];
+  } else if (d.mode === "kp") {
+    state.persons[d.person].kps[d.kp] = [round4(x), round4(y)];
+    syncPerson(d.person);
   } else {
     const b = state.boxes[d.index], o = d.orig;
     if (d.mode === "move") {
@@ -98,7 +134,11 @@ canvas.addEventListener("pointerup", (ev) => {
   if (d && d.mode === "new") {
     const [x, y] = toNorm(ev);
     const w = canvas.getBoundingClientRect().width || canvas.width;
-    if (Math.abs(x - d.start[0]) * w >= MIN_BOX && Math.abs(y - d.start[1]) * w >= MIN_BOX) {
+    const isBox = Math.abs(x - d.start[0]) * w >= MIN_BOX && Math.abs(y - d.start[1]) * w >= MIN_BOX;
+    if (keypointMode()) {
+      if (isBox) addPerson(Math.min(x, d.start[0]), Math.min(y, d.start[1]), Math.max(x, d.start[0]), Math.max(y, d.start[1]));
+      else placeKeypoint(x, y);
+    } else if (isBox) {
       state.boxes.push({
         x0: round4(Math.min(x, d.start[0])), y0: round4(Math.min(y, d.start[1])),
         x1: round4(Math.max(x, d.start[0])), y1: round4(Math.max(y, d.start[1])),
@@ -114,7 +154,15 @@ canvas.addEventListener("pointerup", (ev) => {
 });
 
 canvas.addEventListener("keydown", (ev) => {
-  if ((ev.key === "Delete" || ev.key === "Backspace") && state.selected >= 0) {
+  if ((ev.key === "Delete" || ev.key === "Backspace") && keypointMode()) {
+    if (state.person >= 0 && state.kp >= 0) {
+      state.persons[state.person].kps[state.kp] = null; // missing: the next click on the canvas places it
+      state.kp = -1;
+      renderPersons();
+      draw();
+    }
+    ev.preventDefault();
+  } else if ((ev.key === "Delete" || ev.key === "Backspace") && state.selected >= 0) {
     removeBox(state.selected);
     ev.preventDefault();
   }
@@ -142,6 +190,7 @@ function draw() {
     }
   }
   drawBoxes(ctx, W, H, state.boxes.map((b) => ({ box: [b.x0, b.y0, b.x1, b.y1], label: b.phrase })), state.selected);
+  drawPersons(ctx, W, H, state.persons.map((p) => p.kps), state.person, state.kp);
   const d = state.drag;
   if (d && d.mode === "new") {
     ctx.setLineDash([6, 4]);
@@ -172,6 +221,108 @@ function drawBoxes(c, W, H, items, selected) {
     c.fillStyle = "#000";
     c.fillText(label, x0 * W + 3, ty + 2);
   });
+}
+
+function drawPersons(c, W, H, persons, selected, selectedKp) {
+  const limbs = (state.info && state.info.skeleton) || [];
+  const r = KP_RADIUS * (W / (canvas.getBoundingClientRect().width || canvas.width));
+  persons.forEach((kps, i) => {
+    const colour = PALETTE[i % PALETTE.length];
+    c.strokeStyle = colour;
+    c.lineWidth = i === selected ? 4 : 2;
+    for (const [a, b] of limbs) {
+      if (!kps[a] || !kps[b]) continue;
+      c.beginPath(); c.moveTo(kps[a][0] * W, kps[a][1] * H); c.lineTo(kps[b][0] * W, kps[b][1] * H); c.stroke();
+    }
+    kps.forEach((kp, j) => {
+      if (!kp) return;
+      c.beginPath();
+      c.arc(kp[0] * W, kp[1] * H, i === selected && j === selectedKp ? r * 1.6 : r, 0, 2 * Math.PI);
+      c.fillStyle = colour; c.fill();
+      c.lineWidth = 1; c.strokeStyle = "#000"; c.stroke();
+    });
+  });
+}
+
+// ---- persons (keypoint models) ------------------------------------------------------------------
+
+function hitKeypoint(x, y) {
+  const w = canvas.getBoundingClientRect().width || canvas.width;
+  const reach = (KP_RADIUS + 2) / w;
+  let best = null;
+  state.persons.forEach((p, i) => p.kps.forEach((kp, j) => {
+    if (!kp) return;
+    const d = Math.hypot(kp[0] - x, kp[1] - y);
+    if (d <= reach && (!best || d <= best.d)) best = { person: i, kp: j, d };
+  }));
+  return best;
+}
+
+function addPerson(x0, y0, x1, y1) {
+  state.persons.push({ kps: POSE.map(([u, v]) => [round4(x0 + u * (x1 - x0)), round4(y0 + v * (y1 - y0))]) });
+  Object.assign(state, { person: state.persons.length - 1, kp: -1 });
+  renderPersons();
+}
+
+// A click on the canvas: the selected person's first missing keypoint goes there; when it has none
+// missing (or none is selected), a new person starts with its nose there.
+function placeKeypoint(x, y) {
+  let p = state.persons[state.person];
+  if (!p || !p.kps.includes(null)) {
+    p = { kps: POSE.map(() => null) };
+    state.persons.push(p);
+    state.person = state.persons.length - 1;
+  }
+  const j = p.kps.indexOf(null);
+  p.kps[j] = [round4(x), round4(y)];
+  state.kp = j;
+  renderPersons();
+}
+
+function personText(p, i) {
+  const have = p.kps.filter((kp) => kp).length;
+  const names = (state.info && state.info.keypoint_names) || [];
+  const next = p.kps.indexOf(null);
+  const hint = next >= 0 ? `; a click places the ${names[next] || `keypoint ${next + 1}`}` : "";
+  return `person ${i + 1}: ${have}/${p.kps.length} keypoints${hint}`;
+}
+
+function renderPersons() {
+  const list = $("person-list");
+  list.innerHTML = "";
+  state.persons.forEach((p, i) => {
+    const li = document.createElement("li");
+    li.className = i === state.person ? "selected" : "";
+    li.dataset.index = i;
+    li.dataset.keypoints = JSON.stringify(p.kps);
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    sw.style.background = PALETTE[i % PALETTE.length];
+    const text = document.createElement("span");
+    text.className = "person-text";
+    text.textContent = personText(p, i);
+    text.addEventListener("click", () => { Object.assign(state, { person: i, kp: -1 }); renderPersons(); draw(); });
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "delete";
+    del.textContent = "×";
+    del.title = "delete this person";
+    del.addEventListener("click", () => {
+      state.persons.splice(i, 1);
+      Object.assign(state, { person: -1, kp: -1 });
+      renderPersons();
+      draw();
+    });
+    li.append(sw, text, del);
+    list.append(li);
+  });
+}
+
+function syncPerson(i) {
+  const li = $("person-list").children[i];
+  if (!li) return;
+  li.dataset.keypoints = JSON.stringify(state.persons[i].kps);
+  li.querySelector(".person-text").textContent = personText(state.persons[i], i);
 }
 
 // ---- the box list -------------------------------------------------------------------------------
@@ -274,6 +425,7 @@ function buildRequest() {
       return o;
     });
   }
+  if (keypointMode() && state.persons.length) req.persons = state.persons.map((p) => ({ keypoints: p.kps }));
   for (const [k, v] of Object.entries(uploads)) if (v) req[k] = v;
   const extra = $("extra-json").value.trim();
   if (extra) Object.assign(req, JSON.parse(extra));
@@ -367,7 +519,10 @@ function showResult(data) {
     c.clearRect(0, 0, overlay.width, overlay.height);
     const items = (data.request.objects || []).map((o) => ({ box: o.box, label: o.phrase }));
     drawBoxes(c, overlay.width, overlay.height, items, -1);
+    const persons = (data.request.persons || []).map((p) => p.keypoints);
+    drawPersons(c, overlay.width, overlay.height, persons, -1, -1);
     overlay.dataset.boxes = String(items.length);
+    overlay.dataset.persons = String(persons.length);
     $("result").hidden = false;
     $("result").dataset.id = data.id;
   };
