@@ -184,3 +184,46 @@ def test_an_existing_run_needs_resume(data: Path, tmp_path: Path, base_folder: P
     Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=2)).run()
     with pytest.raises(DataError, match="--resume"):
         Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=2))
+
+
+def test_dense_after_keeps_the_feed_forward_gates_closed(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    run = Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=3, dense_after=3, high_noise=1.0))
+    for _ in range(3):
+        run.train_step()
+    assert all(float(f.alpha_dense) == 0 for f in run.model.fusers())
+    assert any(float(f.alpha_attn) != 0 for f in run.model.fusers())
+    run.train_step()  # past --dense-after: the feed-forward gates learn too
+    assert any(float(f.alpha_dense) != 0 for f in run.model.fusers())
+
+
+def test_high_noise_draws_timesteps_from_the_upper_half(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    import gligen_ref.train.trainer as trainer
+
+    seen: list[torch.Tensor] = []
+    run = Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=2, high_noise=1.0, batch=8))
+    original = run.model.unet_grounded
+
+    def spy(zt, ts, *rest):
+        seen.append(ts.clone())
+        return original(zt, ts, *rest)
+
+    run.model.unet_grounded = spy
+    run.train_step()
+    assert seen and bool((seen[0] >= trainer.NUM_TRAIN_TIMESTEPS // 2).all())
+
+
+@pytest.mark.parametrize("flag", ["--high-noise", "--drop-caption", "--drop-grounding"])
+def test_a_share_outside_zero_one_is_refused(
+    flag: str, data: Path, tmp_path: Path, base_folder: Path, capsys
+) -> None:
+    out = tmp_path / "g"
+    code = main(
+        ["train", "gligen", "--data", str(data), "--init", str(base_folder), "--out", str(out), flag, "1.5"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and flag in err
+    assert not (out / CHECKPOINT).exists()

@@ -64,6 +64,32 @@ def register(sub: argparse._SubParsersAction) -> None:
                 default=1.0,
                 help="learning-rate factor of the fusers' tanh gates",
             )
+            t.add_argument(
+                "--drop-caption",
+                type=float,
+                default=0.1,
+                help="share of samples trained with the null caption",
+            )
+            t.add_argument(
+                "--drop-grounding",
+                type=float,
+                default=0.1,
+                help="share of samples trained with null grounding (every object masked)",
+            )
+            t.add_argument(
+                "--dense-after",
+                type=int,
+                default=0,
+                help="keep the fusers' feed-forward gates at 0 for this many steps, so the loss can only "
+                "fall through the grounded attention first",
+            )
+            t.add_argument(
+                "--high-noise",
+                type=float,
+                default=0.0,
+                help="share of each batch whose timestep is drawn from the upper half of the schedule "
+                "(where the layout is decided and scheduled sampling runs the fusers)",
+            )
         if stage == "vae":
             t.add_argument("--crop", type=int, default=64, help="random crop side")
         t.set_defaults(func=cmd_train)
@@ -106,7 +132,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         **({"crop": args.crop} if args.stage == "vae" else {}),
-        **({"gate_lr_scale": args.gate_lr_scale} if args.stage == "gligen" else {}),
+        **(
+            {
+                "gate_lr_scale": args.gate_lr_scale,
+                "high_noise": args.high_noise,
+                "dense_after": args.dense_after,
+                "drop_caption": args.drop_caption,
+                "drop_grounding": args.drop_grounding,
+            }
+            if args.stage == "gligen"
+            else {}
+        ),
     )
     print(train(targs))
     return 0

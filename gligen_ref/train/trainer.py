@@ -73,6 +73,8 @@ class TrainArgs:
     drop_caption: float = 0.1
     drop_grounding: float = 0.1
     gate_lr_scale: float = 1.0  # gligen stage: learning-rate factor of the fusers' tanh gates
+    dense_after: int = 0  # gligen stage: the fusers' feed-forward gates stay 0 for this many steps
+    high_noise: float = 0.0  # gligen stage: share of samples whose timestep is drawn from the upper half
     crop: int = 64  # vae stage: random crops of this side (the VAE is convolutional)
     limit: int | None = None  # use the first N samples of the folder
     resume: bool = False
@@ -235,6 +237,13 @@ class Run:
             raise DataError(f"unknown stage {args.stage!r}: choose one of {', '.join(STAGES)}")
         if args.steps < 1 or args.batch < 1:
             raise DataError("--steps and --batch must be at least 1")
+        for flag, share in (
+            ("--high-noise", args.high_noise),
+            ("--drop-caption", args.drop_caption),
+            ("--drop-grounding", args.drop_grounding),
+        ):
+            if not 0.0 <= share <= 1.0:
+                raise DataError(f"{flag} {share}: give a share between 0 and 1")
         out = Path(args.out)
         if (out / CHECKPOINT).exists() and not args.resume:
             raise DataError(
@@ -261,6 +270,7 @@ class Run:
         for p in self.params.values():
             p.requires_grad_(True)
         gates = [p for k, p in self.params.items() if k.endswith((".alpha_attn", ".alpha_dense"))]
+        self._dense_gates = [p for k, p in self.params.items() if k.endswith(".alpha_dense")]
         rest = [p for k, p in self.params.items() if not k.endswith((".alpha_attn", ".alpha_dense"))]
         groups = [{"params": rest}]
         if gates:  # the fusers' tanh gates (a faster rate opens them within a short CPU run)
@@ -327,6 +337,12 @@ class Run:
             self.lat_mean[idx].shape, generator=self.gen
         )
         t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (a.batch,), generator=self.gen)
+        if a.stage == "gligen" and a.high_noise > 0:
+            # The layout is decided at high noise, and scheduled sampling runs the fusers there only.
+            upper = torch.randint(
+                NUM_TRAIN_TIMESTEPS // 2, NUM_TRAIN_TIMESTEPS, (a.batch,), generator=self.gen
+            )
+            t = torch.where(self._rand(a.batch) < a.high_noise, upper, t)
         noise = torch.randn(z0.shape, generator=self.gen)
         ac = torch.from_numpy(np.array(ALPHAS_CUMPROD)).float()[t].view(-1, 1, 1, 1)
         zt = (ac.sqrt() * z0 + (1 - ac).sqrt() * noise).to(self.device)
@@ -361,6 +377,9 @@ class Run:
             loss = self._loss()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.step < a.dense_after:
+            for p in self._dense_gates:
+                p.grad = None  # AdamW skips a parameter without a gradient: the gate stays 0
         torch.nn.utils.clip_grad_norm_(list(self.params.values()), a.clip)
         self.optimizer.step()
         self.scheduler.step()
