@@ -2,7 +2,10 @@
 // `gligen-rt build --backend tensorrt`, checked against its manifest (built from this folder's
 // graph, same spec I/O, the installed TensorRT version). One CUDA stream for every engine;
 // enqueueV3 with device buffers owned per engine (grown on demand); a static engine (min = opt =
-// max) is captured into a CUDA graph on its first call and replayed afterwards. Host tensors in
+// max) whose build recorded no control flow (manifest builder.control_flow == [], as
+// engines/tensorrt.py cuda_graph_allowed) is captured into a CUDA graph on its first call and
+// replayed afterwards: an engine with If layers (the gate-skip UNet) never is, since a graph would
+// replay the branch taken at capture. Host tensors in
 // and out: copies on the stream, one synchronize per call. Compiled only where CMake finds
 // TensorRT and CUDA.
 #include <NvInfer.h>
@@ -49,7 +52,7 @@ struct Plan {
   std::unique_ptr<nvinfer1::ICudaEngine> engine;
   std::unique_ptr<nvinfer1::IExecutionContext> context;
   std::map<std::string, DeviceBuffer> buffers;
-  bool is_static = false;
+  bool capturable = false;  // static and without control flow: captured into a CUDA graph
   cudaGraphExec_t graph = nullptr;
   std::mutex lock;  // an execution context and its buffers serve one call at a time
   ~Plan() {
@@ -114,7 +117,10 @@ class TensorRtBackend : public Backend {
         throw EngineError("TensorRT cannot deserialize " + plan_path + " (" + logger_.last_error + "): " + fix);
       plan->context.reset(plan->engine->createExecutionContext());
       if (!plan->context) throw EngineError("TensorRT cannot create a context for " + name + ": " + fix);
-      plan->is_static = static_spec(spec);
+      const auto builder = m.value("builder", nlohmann::json::object());
+      const bool no_control_flow = builder.is_object() && builder.contains("control_flow") &&
+                                   builder["control_flow"].is_array() && builder["control_flow"].empty();
+      plan->capturable = static_spec(spec) && no_control_flow;
       plans_[name] = std::move(plan);
       specs[name] = spec;
     }
@@ -134,7 +140,7 @@ class TensorRtBackend : public Backend {
                           " is outside the plan's profile: rebuild with a wider envelope");
       const size_t bytes = static_cast<size_t>(numel(in.shape)) * 4;
       DeviceBuffer& b = p.buffers[in.name];
-      if (!p.is_static || !p.graph) b.reserve(bytes);
+      if (!p.capturable || !p.graph) b.reserve(bytes);
       cuda_check(cudaMemcpyAsync(b.ptr, in.i32 ? static_cast<const void*>(in.i32) : in.f32, bytes,
                                  cudaMemcpyHostToDevice, stream_),
                  "copy of " + in.name);
@@ -147,14 +153,14 @@ class TensorRtBackend : public Backend {
       Shape s(d.d, d.d + d.nbDims);
       out_shapes.push_back(s);
       DeviceBuffer& b = p.buffers[n];
-      if (!p.is_static || !p.graph) b.reserve(static_cast<size_t>(numel(s)) * 4);
+      if (!p.capturable || !p.graph) b.reserve(static_cast<size_t>(numel(s)) * 4);
       p.context->setTensorAddress(n.c_str(), b.ptr);
     }
     if (p.graph) {
       cuda_check(cudaGraphLaunch(p.graph, stream_), "cudaGraphLaunch of " + engine);
     } else {
       if (!p.context->enqueueV3(stream_)) throw EngineError("TensorRT failed to run " + engine);
-      if (p.is_static) {  // first call done (TensorRT's lazy setup): capture the next ones
+      if (p.capturable) {  // first call done (TensorRT's lazy setup): capture the next ones
         cudaGraph_t g = nullptr;
         cuda_check(cudaStreamSynchronize(stream_), "synchronize");
         if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
