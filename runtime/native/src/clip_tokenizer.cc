@@ -93,35 +93,18 @@ std::string encode_utf8(const u32& s) {
 
 // -- table look-ups ------------------------------------------------------------------------------
 
-template <size_t N>
-bool in_ranges(const ct::Range (&rs)[N], char32_t c) {
-  size_t lo = 0, hi = N;
-  while (lo < hi) {
-    const size_t mid = (lo + hi) / 2;
-    if (rs[mid].hi < c) {
-      lo = mid + 1;
-    } else if (rs[mid].lo > c) {
-      hi = mid;
-    } else {
-      return true;
-    }
-  }
-  return false;
+// Ranges are sorted and disjoint: the first range ending at or after c holds c when it starts at
+// or before c.
+bool in_ranges(const ct::Range* rs, size_t n, char32_t c) {
+  const ct::Range* end = rs + n;
+  const ct::Range* r =
+      std::lower_bound(rs, end, c, [](const ct::Range& x, char32_t v) { return x.hi < v; });
+  return r != end && r->lo <= c;
 }
 
-bool in_ranges(const ct::Range* rs, size_t n, char32_t c) {
-  size_t lo = 0, hi = n;
-  while (lo < hi) {
-    const size_t mid = (lo + hi) / 2;
-    if (rs[mid].hi < c) {
-      lo = mid + 1;
-    } else if (rs[mid].lo > c) {
-      hi = mid;
-    } else {
-      return true;
-    }
-  }
-  return false;
+template <size_t N>
+bool in_ranges(const ct::Range (&rs)[N], char32_t c) {
+  return in_ranges(rs, N, c);
 }
 
 template <size_t N>
