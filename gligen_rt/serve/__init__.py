@@ -6,6 +6,16 @@ GenerationRequests; jobs.py bounds the queue and the pipeline calls at once; met
 Prometheus side; static/ is the page; cli.py registers the subcommands.
 """
 
-from .app import ServerLimits, create_app
+from typing import Any
 
 __all__ = ["ServerLimits", "create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the CLI registers `serve` from serve/cli.py in every install, and a
+    # runtime-only install (`gligen-rt[ort]`) has no fastapi.
+    if name in __all__:
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
