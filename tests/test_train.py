@@ -227,3 +227,17 @@ def test_a_share_outside_zero_one_is_refused(
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and flag in err
     assert not (out / CHECKPOINT).exists()
+
+
+def test_grounding_signal_is_zero_with_closed_gates_and_logged_per_checkpoint(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    run = Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=4, lr=1e-2, gate_lr_scale=10))
+    closed = run.grounding_signal()
+    assert closed["phrase_gain"] == 0.0 and closed["layout_gain"] == 0.0  # tanh(0) gates: fusers inert
+    run.run()
+    lines = [json.loads(x) for x in (tmp_path / "g" / "grounding.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4]
+    assert lines[-1]["phrase_gain"] != 0.0  # open gates: the phrases change the prediction
+    record = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert record["grounding_signal"] == lines[-1]
