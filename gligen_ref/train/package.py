@@ -3,7 +3,9 @@
 OUT/model/     the gligen run's model/ with every weight file stored as fp16 safetensors
                (``*.fp16.safetensors``; the loader casts them to float32)
 OUT/engines/   `export_engines` of OUT/model (so the engines hold exactly the weights the
-               reference loads), FP32 ONNX + manifests + tokenizer
+               reference loads), FP32 ONNX + manifests + tokenizer; a single-UNet folder (steps
+               with gate 0 run `unet` with gate 0, which equals `unet_plain`) with the token-
+               embedding table stored as FP16 (lossless: the weights are FP16; export/compact.py)
 OUT/README.md  the model card: what was trained, the commands, data seed, steps, wall times,
                final losses, sha256 of both folders
 """
@@ -49,6 +51,20 @@ def _command(stage: str, run: dict) -> str:
         parts.append(f"--init {a['init']}")
     parts.append(f"--steps {a['steps']} --batch {a['batch']} --lr {a['lr']:g} --warmup {a['warmup']}")
     parts.append(f"--save-every {a['save_every']} --seed {a['seed']}")
+    defaults = {
+        "gate_lr_scale": 1.0,
+        "high_noise": 0.0,
+        "dense_after": 0,
+        "drop_caption": 0.1,
+        "drop_grounding": 0.1,
+        "ema": 0.0,
+        "clip": 1.0,
+    }
+    if stage == "vae" and a.get("crop") is not None:
+        parts.append(f"--crop {a['crop']}")
+    for key, default in defaults.items():
+        if key in a and a[key] != default and (stage == "gligen" or key in ("ema", "clip")):
+            parts.append(f"--{key.replace('_', '-')} {a[key]:g}")
     if a.get("bf16"):
         parts.append("--bf16")
     return " ".join(parts)
@@ -126,7 +142,9 @@ def _hash_folder(path: Path, suffixes: tuple[str, ...]) -> str:
 
 def package(runs: Path, out: Path, notes: str = "") -> Path:
     """Build OUT (see the module docstring) from RUNS/{vae,base,gligen}; atomic (temporary folder)."""
+    from gligen_rt.engines.spec import UNET_PLAIN, specs_for
     from gligen_rt.export.api import export_engines
+    from gligen_rt.export.compact import store_token_embedding_fp16
 
     runs, out = Path(runs), Path(out)
     records = _runs(runs)
@@ -137,8 +155,13 @@ def package(runs: Path, out: Path, notes: str = "") -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         to_fp16_folder(model_src, tmp / "model")
+        from gligen_ref.checkpoint import load_checkpoint
+
+        source = load_checkpoint(tmp / "model")
+        engines = [n for n in specs_for(source.model.config) if n != UNET_PLAIN]
         with torch.no_grad():
-            export_engines(str(tmp / "model"), tmp / "engines", "fp32", progress=False)
+            export_engines(str(tmp / "model"), tmp / "engines", "fp32", progress=False, engines=engines)
+        store_token_embedding_fp16(tmp / "engines")
         sizes = {"model": _size(tmp / "model"), "engines": _size(tmp / "engines")}
         card = model_card(
             records,
