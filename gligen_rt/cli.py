@@ -62,6 +62,7 @@ def check_sources(args: argparse.Namespace) -> None:
                 )
     if args.engines is None and args.checkpoint is None and args.model is None:
         args.model = "tiny"
+    check_trained_tiny(args)
     if args.model_seed is None:
         args.model_seed = 0
 
@@ -151,14 +152,33 @@ def _reference_pipeline(args: argparse.Namespace):
             projection_matrix=args.projection_matrix,
             modality=args.modality,
         )
+    if args.model == "tiny":
+        from gligen_rt.runtime.tiny import trained_tiny_dir
+
+        return ReferencePipeline.from_checkpoint(trained_tiny_dir() / "model")
     return ReferencePipeline.from_preset(
-        resolve_model(args.model), args.modality or "text-box", args.inpaint, seed=args.model_seed
+        args.model, args.modality or "text-box", args.inpaint, seed=args.model_seed
     )
 
 
-def resolve_model(name: str) -> str:
-    """The preset a --model name stands for: `tiny` is the embedded default (for now tiny-random)."""
-    return "tiny-random" if name == "tiny" else name
+def check_trained_tiny(args: argparse.Namespace) -> None:
+    """`--model tiny` is the shipped trained text-box model: refuse what only a random preset has."""
+    if getattr(args, "model", None) != "tiny":
+        return
+    from gligen_rt.runtime.tiny import TRAINED_TINY_MODALITY
+
+    modality = getattr(args, "modality", None)
+    if modality not in (None, TRAINED_TINY_MODALITY.value):
+        raise RequestError(
+            f"--model tiny is trained for {TRAINED_TINY_MODALITY.value} only: use --model tiny-random "
+            f"for --modality {modality} (random weights)"
+        )
+    if getattr(args, "inpaint", False):
+        raise RequestError(
+            "--model tiny has no inpainting model: use --model tiny-random --inpaint (random weights)"
+        )
+    if getattr(args, "model_seed", None) not in (None, 0):
+        raise RequestError("--model-seed seeds random weights; --model tiny is trained: drop --model-seed")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -168,8 +188,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         choices=list(MODEL_NAMES),
-        help="tiny: the embedded default model; tiny-random: random weights of the tiny size, every "
-        "modality and --inpaint (tests, trying flags); sd14: random weights at SD-1.4 size",
+        help="tiny: the embedded default, a trained tiny text-box model (gligen_rt/models/tiny/README.md); "
+        "tiny-random: random weights of the tiny size, every modality and --inpaint (tests, trying "
+        "flags); sd14: random weights at SD-1.4 size",
     )
     src.add_argument(
         "--checkpoint",

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-# The names --model takes (gligen_rt/cli.py resolve_model says what each stands for).
+# The names --model takes (see add_model_args in gligen_rt/cli.py for what each stands for).
 MODEL_NAMES = ("tiny", "tiny-random", "sd14")
 
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "Path": "a path", "_csv": "a comma-separated list"}

@@ -40,9 +40,16 @@ def open_pipeline(args: argparse.Namespace) -> Any:
     }
     if args.engines is not None:
         return GligenPipeline.from_engines(args.engines, backend, single_unet=single, **options)
-    from gligen_rt.cli import resolve_model
+    if args.model == "tiny":
+        from gligen_rt.cli import check_trained_tiny
 
-    if resolve_model(args.model) != "tiny-random":
+        from .tiny import trained_tiny_dir
+
+        check_trained_tiny(args)
+        return GligenPipeline.from_engines(
+            trained_tiny_dir() / "engines", backend, single_unet=single, **options
+        )
+    if args.model != "tiny-random":
         raise RequestError(f"--model {args.model} has no embedded engines: export it and pass --engines DIR")
     return GligenPipeline.tiny_random(
         args.modality or "text-box",

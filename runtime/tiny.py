@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 _ROOT = Path(__file__).resolve().parent.parent  # the repository / installed tree
 
 
+TRAINED_TINY_MODALITY = Modality.TEXT_BOX  # the one modality the shipped tiny model was trained for
+
+
+def trained_tiny_dir() -> Path:
+    """The trained tiny model shipped in the package (`--model tiny`): model/ (diffusers folder, FP16
+    safetensors), engines/ (its FP32 engine folder) and README.md (the model card)."""
+    import gligen_rt
+
+    return Path(gligen_rt.__file__).resolve().parent / "models" / "tiny"
+
+
 def default_cache_dir() -> Path:
     """~/.cache/gligen-rt, or $GLIGEN_RT_CACHE."""
     env = os.environ.get("GLIGEN_RT_CACHE")
