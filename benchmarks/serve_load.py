@@ -1,13 +1,18 @@
-"""Load test of `gligen-rt serve` on loopback: phases of N concurrent clients, every image checked.
+"""Load test of `gligen-rt serve` (or of its Triton repository) on loopback: phases of N concurrent
+clients, every image checked.
 
     python -m gligen_rt.benchmarks.serve_load --model tiny --requests 200 --clients 4,8,16
+    python -m gligen_rt.benchmarks.serve_load --server triton --model tiny --requests 200 --clients 4,8,16
 
-Starts the server as a child process (its RSS is the server's alone), warms it up, then sends
-`--requests` requests split over the phases, each with its own seed. Checks that every request is
-answered exactly once (none lost, none duplicated), that every image equals the image a direct
-GligenPipeline call on the same engines gives for the same request, and that the server's RSS grew
-by less than `--max-rss-growth` from after the warm-up to the end. Prints one JSON line: per phase
-p50/p99 latency and throughput, RSS, the environment. Exits 1 when a check fails.
+Starts the server as a child process (its RSS is the server's alone; with --server triton the
+repository of `gligen-rt triton-repo` for the same engines on the local tritonserver of
+benchmarks/triton_local.py, whose RSS is tritonserver's plus its Python-backend stub processes'),
+warms it up, then sends `--requests` requests split over the phases, each with its own seed.
+Checks that every request is answered exactly once (none lost, none duplicated), that every image
+equals the image a direct GligenPipeline call on the same engines gives for the same request, and
+that the server's RSS grew by less than `--max-rss-growth` from after the warm-up to the end.
+Prints one JSON line (and appends it to --out): per phase p50/p95/p99 latency and throughput, RSS,
+the environment. Exits 1 when a check fails.
 
 `run_phase` and `check` are also used by tests/test_serve_load.py on an in-process server.
 """
@@ -17,14 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -171,6 +180,7 @@ def latency_stats(records: Sequence[Record], wall: float) -> dict[str, float]:
         "requests": len(records),
         "ok": int(ok.size),
         "p50_s": round(float(np.percentile(ok, 50)), 4),
+        "p95_s": round(float(np.percentile(ok, 95)), 4),
         "p99_s": round(float(np.percentile(ok, 99)), 4),
         "max_s": round(float(ok.max()), 4),
         "wall_s": round(wall, 3),
@@ -182,7 +192,8 @@ def latency_stats(records: Sequence[Record], wall: float) -> dict[str, float]:
 
 
 class RssSampler:
-    """Samples a process's RSS every `period` seconds in a thread; `peak` is the largest seen."""
+    """Samples the RSS of a process and its descendants (summed) every `period` seconds in a thread;
+    `peak` is the largest seen."""
 
     def __init__(self, pid: int, period: float = 0.2) -> None:
         import psutil
@@ -194,7 +205,14 @@ class RssSampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def rss(self) -> int:
+        import psutil
+
         rss = self.proc.memory_info().rss
+        for child in self.proc.children(recursive=True):
+            try:
+                rss += child.memory_info().rss
+            except psutil.NoSuchProcess:  # ended between the listing and the read
+                pass
         self.peak = max(self.peak, rss)
         return rss
 
@@ -269,6 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-limit", type=float, default=900.0, help="seconds for all phases together")
     p.add_argument("--max-rss-growth", type=float, default=0.05)
     p.add_argument("--concurrency", type=int, default=None, help="the server's --concurrency")
+    p.add_argument(
+        "--server",
+        default="ours",
+        choices=["ours", "triton"],
+        help="ours: `gligen-rt serve`; triton: the `triton-repo` repository on the local tritonserver",
+    )
+    p.add_argument(
+        "--engine-models",
+        default="none",
+        choices=["none", "python"],
+        help="with --server triton: the repository's --engine-models (the local server has only the Python backend)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="also append the JSON line to this .jsonl file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
@@ -298,12 +329,19 @@ def main(argv: list[str] | None = None) -> int:
     log.info("direct pipeline calls for the expected images (%d)", args.requests)
     with open_pipeline(ns) as pipe:
         expected = expected_images(pipe, [b for w in work for b in w])
+        folder = pipe.folder.path
 
-    proc, url = start_server(serve_args)
-    result: dict[str, Any] = {"benchmark": "serve_load", "url": url, "serve_args": serve_args}
+    result: dict[str, Any] = {"benchmark": "serve_load", "server": args.server}
+    if args.server == "ours":
+        proc, url = start_server(serve_args)
+        pid, send, stop = proc.pid, http_sender(url), lambda: _stop(proc)
+        result.update(url=url, serve_args=serve_args)
+    else:
+        pid, send, stop, info = start_triton(folder, args.backend, args.engine_models)
+        result.update(info)
+    load_start = os.getloadavg()  # the machine may be shared: the numbers mean more with it
     try:
-        with RssSampler(proc.pid) as rss:
-            send = http_sender(url)
+        with RssSampler(pid) as rss:
             warm = bodies(max(phases), 0, args.steps, args.size)
             run_phase(send, warm, max(phases), time.monotonic() + args.time_limit)
             rss_start = rss.rss()
@@ -330,18 +368,72 @@ def main(argv: list[str] | None = None) -> int:
             rss_end_mb=round(rss_end / 2**20, 1),
             rss_peak_mb=round(rss.peak / 2**20, 1),
             rss_growth=round(growth, 4),
+            load_avg_1m={"start": round(load_start[0], 2), "end": round(os.getloadavg()[0], 2)},
             problems=problems,
             ok=not problems,
             env=environment(),
         )
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    print(json.dumps(result))
+        stop()
+    line = json.dumps(result)
+    print(line)
+    if args.out is not None:
+        append_line(args.out, line)
     return 0 if result.get("ok") else 1
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def start_triton(
+    folder: Path, backend: str, engine_models: str
+) -> tuple[int, Any, Callable[[], None], dict[str, Any]]:
+    """The `triton-repo` repository of `folder` on the local tritonserver: (its pid, a sender, a
+    stop function that also removes the repository, what the JSON line says about it)."""
+    import httpx
+
+    from gligen_rt.serve.triton import write_repository
+
+    from .triton_local import TritonServer
+
+    work = Path(tempfile.mkdtemp(prefix="gligen-triton-load-"))
+    try:
+        repo = write_repository(folder, work / "repo", backend=backend, engine_models=engine_models)
+        server = TritonServer(repo, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+    def stop() -> None:
+        server.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+    meta = httpx.get(f"{server.url}/v2", timeout=10).json()
+    info = {
+        "url": server.url,
+        "triton": {"name": meta.get("name"), "version": meta.get("version")},
+        "repository": {
+            "engine_models": engine_models,
+            "backend": backend,
+            "instances": 1,
+            "kind": "KIND_CPU",
+        },
+    }
+    return server.proc.pid, triton_sender(server.url), stop, info
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append `line` to `path` through a temporary file renamed into place (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = path.read_text() if path.is_file() else ""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(old + line + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
