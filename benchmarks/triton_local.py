@@ -3,8 +3,9 @@
 of its own (scripts/triton_env.sh; the wheel pins numpy<2, ours has numpy 2). Used by
 tests/test_triton.py and `serve_load --server triton`.
 
-That server has only the Python backend (its backends/ folder holds `python` alone): repositories
-with onnxruntime_onnx or tensorrt_plan engine models cannot be served by it.
+The wheel's server (2.51) has only the Python backend (its backends/ folder holds `python` alone):
+repositories with onnxruntime_onnx or tensorrt_plan engine models cannot be served by it; a server
+with more backends is used with all of them (`backends()` says which).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def missing_reason(env: Path | None = None) -> str | None:
     return None
 
 
+def backends(env: Path | None = None) -> list[str]:
+    """The backends the local tritonserver has (names of its backends/ folders); [] without one."""
+    pytriton = find_pytriton(env)
+    if pytriton is None:
+        return []
+    return sorted(p.name for p in (pytriton / "tritonserver" / "backends").iterdir() if p.is_dir())
+
+
 def _free_port() -> int:
     from gligen_rt.serve.cli import bind
 
@@ -68,6 +77,9 @@ class TritonServer:
         for f in ("libtriton_python.so", "triton_python_backend_utils.py"):
             shutil.copy2(server / "backends" / "python" / f, backend / f)
         shutil.copy2(server / "python_backend_stubs" / PY / "triton_python_backend_stub", backend)
+        for other in backends(env):
+            if other != "python":
+                (work / "backends" / other).symlink_to(server / "backends" / other)
         libs = pytriton.parent / "nvidia_pytriton.libs"
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"

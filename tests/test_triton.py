@@ -7,6 +7,7 @@ Skips when no such server is installed."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from test_runtime_support import engine_folder
 
 from gligen_rt.benchmarks.serve_load import bodies, check, expected_images, run_phase, triton_sender
-from gligen_rt.benchmarks.triton_local import TritonServer, missing_reason
+from gligen_rt.benchmarks.triton_local import TritonServer, backends, missing_reason
 from gligen_rt.core.request import request_from_json
 from gligen_rt.runtime.pipeline import GligenPipeline
 from gligen_rt.serve.triton import write_repository
@@ -42,6 +43,10 @@ def test_repository_layout_and_refusals(folder: Path, tmp_path: Path) -> None:
         and '{ name: "sample", data_type: TYPE_FP32, dims: [ -1, 4, -1, -1 ] }' in unet
     )
     assert (repo / "gligen_unet" / "1" / "model.onnx").is_file() and (repo / "README.md").is_file()
+    for onnx in folder.glob("*.onnx"):  # every engine is an ONNX Runtime model of the repository
+        em = repo / f"gligen_{onnx.stem}"
+        assert (em / "1" / "model.onnx").read_bytes() == onnx.read_bytes()
+        assert 'platform: "onnxruntime_onnx"' in (em / "config.pbtxt").read_text()
     from gligen_rt.core.errors import GligenError
 
     with pytest.raises(GligenError, match="exists"):
@@ -51,9 +56,31 @@ def test_repository_layout_and_refusals(folder: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "trt").exists() and not (tmp_path / "trt.tmp").exists()
 
 
+def test_repository_for_tensorrt_plans(folder: Path, tmp_path: Path) -> None:
+    """The tensorrt_plan repository's files and config (plans stand in: serving them needs a GPU)."""
+    engines = tmp_path / "engines"
+    shutil.copytree(folder, engines)
+    (engines / "tensorrt").mkdir()
+    for onnx in folder.glob("*.onnx"):
+        (engines / "tensorrt" / f"{onnx.stem}.plan").write_bytes(b"plan " + onnx.stem.encode())
+    repo = write_repository(
+        engines, tmp_path / "repo", engine_models="tensorrt", kind="KIND_GPU", gpus=[0, 1]
+    )
+    unet = (repo / "gligen_unet" / "config.pbtxt").read_text()
+    assert 'platform: "tensorrt_plan"' in unet and "{ count: 1, kind: KIND_GPU, gpus: [ 0, 1 ] }" in unet
+    assert (repo / "gligen_unet" / "1" / "model.plan").read_bytes() == b"plan unet"
+    bls = (repo / "gligen" / "config.pbtxt").read_text()
+    assert 'key: "ENGINE_MODELS", value: { string_value: "tensorrt" }' in bls
+
+
 @pytest.mark.slow  # a server start and a model load per case: about a minute on a busy 2-core machine
-@pytest.mark.parametrize("engine_models", ["none", "python"])
+@pytest.mark.parametrize("engine_models", ["none", "python", "onnxruntime"])
 def test_triton_serves_the_repository(folder: Path, tmp_path: Path, engine_models: str) -> None:
+    if engine_models == "onnxruntime" and "onnxruntime" not in backends():
+        pytest.skip(
+            f"the local tritonserver has no onnxruntime backend (it has: {', '.join(backends())}), "
+            "so onnxruntime_onnx engine models cannot be served here"
+        )
     repo = write_repository(folder, tmp_path / "repo", engine_models=engine_models)
     server = TritonServer(repo, tmp_path)
     try:
