@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     with open_pipeline(ns) as pipe:
         expected = expected_images(pipe, [b for w in work for b in w])
         folder = pipe.folder.path
+        model = {"name": pipe.config.name, "modality": pipe.config.modality.value, "engines": folder.name}
 
-    result: dict[str, Any] = {"benchmark": "serve_load", "server": args.server}
+    result: dict[str, Any] = {"benchmark": "serve_load", "server": args.server, "model": model}
     if args.server == "ours":
         proc, url = start_server(serve_args)
         pid, send, stop = proc.pid, http_sender(url), lambda: _stop(proc)
