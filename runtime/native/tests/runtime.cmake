@@ -6,8 +6,11 @@ get_filename_component(GLIGEN_REPO_ROOT ${CMAKE_CURRENT_LIST_DIR}/../../.. ABSOL
 set(GLIGEN_TEST_ENV "PYTHONPATH=${GLIGEN_REPO_ROOT}")
 if(GLIGEN_SANITIZE)
   # The Python interpreter is not instrumented: preload nothing into it; only the CLI and the C
-  # test are sanitized. OpenVINO's plugins are loaded with dlopen and keep caches for the process.
-  list(APPEND GLIGEN_TEST_ENV "ASAN_OPTIONS=detect_leaks=0:abort_on_error=1" "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
+  # test are sanitized, leak checking included.
+  # TBB_ENABLE_SANITIZERS=1: OpenVINO's TBB loads its hwloc binding (libtbbbind) without
+  # RTLD_DEEPBIND, which AddressSanitizer refuses (oneTBB's runtime switch for sanitizer builds).
+  list(APPEND GLIGEN_TEST_ENV "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1" "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
+       "TBB_ENABLE_SANITIZERS=1"
        "GLIGEN_NATIVE_PARITY_BACKENDS=openvino")  # the Release run covers BF16 and ORT; this one checks memory
 endif()
 
