@@ -86,8 +86,8 @@ def _precheck(args: argparse.Namespace, request) -> list[str]:
 def cmd_generate(args: argparse.Namespace) -> int:
     check_sources(args)
     request = request_from_args(args)
-    if args.backend is None:  # the reference for a model or checkpoint; ONNX Runtime for engines
-        args.backend = "torch" if args.engines is None else "ort-cpu"
+    if args.backend is None:  # ONNX Runtime where engines exist (a folder, the shipped tiny), else torch
+        args.backend = "ort-cpu" if args.engines is not None or args.model == "tiny" else "torch"
     _precheck(args, request)
     source = args.engines or args.checkpoint or f"--model {args.model}"
     log.info("generate (%s, backend %s): %s", source, args.backend, summary(request))
@@ -242,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend",
         default=None,
         choices=BACKENDS,
-        help="torch: the PyTorch reference (default with --model/--checkpoint); an engine backend "
-        "(default ort-cpu with --engines; with --model tiny-random its engines are exported once into "
-        "--cache-dir)",
+        help="torch: the PyTorch reference (default with --checkpoint, --model tiny-random/sd14); an "
+        "engine backend (default ort-cpu with --engines and --model tiny, whose engines ship with the "
+        "package; with --model tiny-random its engines are exported once into --cache-dir)",
     )
     run.add_argument(
         "--device",
