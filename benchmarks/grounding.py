@@ -166,7 +166,13 @@ def open_backend(name: str, model_dir: Path, engines_fp32: Path, engines_fp16: P
     }[name]
     if folder is None:
         raise BackendUnavailable("no FP16 engine folder given (--engines-fp16)")
-    pipe = GligenPipeline.from_engines(folder, backend, threads=threads)
+    if backend == "tensorrt":  # GPU: no thread count; a one-line unavailable row without a GPU
+        from gligen_rt.engines.gpu import require_gpu
+
+        require_gpu("tensorrt")
+        pipe = GligenPipeline.from_engines(folder, backend)
+    else:
+        pipe = GligenPipeline.from_engines(folder, backend, threads=threads)
     return (lambda r: pipe(r).images[0]), pipe.close
 
 

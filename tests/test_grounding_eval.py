@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gligen_ref.train.scenes import FLOOR, Scene, SceneObject, make_scene, render
 from gligen_rt.benchmarks.grounding import detect, dominant_colour, palette_labels, score, summarise
@@ -42,3 +43,14 @@ def test_detector_takes_the_largest_component_and_tolerates_shades() -> None:
     # a moved object is scored against the requested box: a miss
     moved = Scene((SceneObject("blue", "circle", (0.0, 0.0, 0.3, 0.3)),))
     assert summarise(score(image, moved))["ap50"] == 0.0
+
+
+def test_tensorrt_without_a_gpu_is_an_unavailable_row_not_a_crash(tmp_path) -> None:
+    from gligen_rt.benchmarks.grounding import open_backend
+    from gligen_rt.core.errors import BackendUnavailable
+    from gligen_rt.engines.gpu import gpu_count
+
+    if gpu_count()[0] > 0:
+        pytest.skip("an NVIDIA GPU is present: tensorrt may be available here")
+    with pytest.raises(BackendUnavailable, match="tensorrt"):
+        open_backend("tensorrt", tmp_path / "model", tmp_path / "engines", None, threads=2)
