@@ -36,14 +36,21 @@ CASES = (
     "sem",
     "inpaint-text-box",
     "inpaint-text-image-box",
+    "tiny",  # the shipped trained tiny model (text-box): a single-UNet folder, FP16 token embedding
 )
 
 
-def folder_of(case: str) -> Path:
-    from gligen_rt.runtime.tiny import tiny_engines
+def modality_of(case: str) -> str:
+    return "text-box" if case in ("samplers", "tiny") else case.removeprefix("inpaint-")
 
+
+def folder_of(case: str) -> Path:
+    from gligen_rt.runtime.tiny import tiny_engines, trained_tiny_dir
+
+    if case == "tiny":
+        return trained_tiny_dir() / "engines"
     inpaint = case.startswith("inpaint-")
-    modality = case.removeprefix("inpaint-") if case != "samplers" else "text-box"
+    modality = modality_of(case)
     return tiny_engines(modality, inpaint)
 
 
@@ -54,7 +61,7 @@ def _png(path: Path, array: np.ndarray) -> str:
 
 def make_request(case: str, work: Path, rng: np.random.Generator) -> dict:
     """A request exercising every input of `case`, with input images of odd sizes (crop + resize)."""
-    modality = case.removeprefix("inpaint-")
+    modality = modality_of(case)
     req: dict = {"prompt": "a photo of a cat and a dog", "negative_prompt": "blurry", "seed": 7, "steps": 4}
     req.update(height=128, width=192)
     if modality in ("text-box", "text-image-box"):

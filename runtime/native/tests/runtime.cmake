@@ -52,7 +52,7 @@ add_test(NAME native_bad_input
   COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/bad_input.py --cli $<TARGET_FILE:gligen-rt-native>)
 set(_native_tests native_host_math_matches_python native_c_api native_bad_input)
 
-foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box)
+foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box tiny)
   add_test(NAME native_parity_${case}
     COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case ${case} --cli $<TARGET_FILE:gligen-rt-native>)
   list(APPEND _native_tests native_parity_${case})
@@ -67,6 +67,6 @@ endforeach()
 foreach(t native_c_api native_bad_input native_parity_samplers)
   set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED tiny_engines)
 endforeach()
-foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box)
+foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box tiny)
   set_tests_properties(native_parity_${case} PROPERTIES FIXTURES_REQUIRED tiny_engines)
 endforeach()
