@@ -1,4 +1,8 @@
-"""The embedded tiny model as an engine folder: exported once into a cache folder and reused.
+"""The tiny models as engine folders.
+
+`--model tiny`, the trained text-box model, ships in the package (`trained_tiny_dir()`: engines
+included, nothing to export). `--model tiny-random`, random weights for every modality, is exported
+once into a cache folder and reused:
 
     ~/.cache/gligen-rt/<key>/        ($GLIGEN_RT_CACHE overrides the root)
 
