@@ -119,6 +119,12 @@ def trainable_parameters(model: GLIGENModel, stage: str) -> dict[str, nn.Paramet
     return {k: named[k] for k in keep}
 
 
+def add_noise(z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The forward process of SD's schedule: sqrt(a_t) z0 + sqrt(1 - a_t) noise, per sample's t."""
+    ac = torch.from_numpy(np.array(ALPHAS_CUMPROD)).float()[t].view(-1, 1, 1, 1)
+    return ac.sqrt() * z0 + (1 - ac).sqrt() * noise
+
+
 # ---- data as tensors ----------------------------------------------------------------------------
 
 
@@ -346,8 +352,7 @@ class Run:
             )
             t = torch.where(self._rand(a.batch) < a.high_noise, upper, t)
         noise = torch.randn(z0.shape, generator=self.gen)
-        ac = torch.from_numpy(np.array(ALPHAS_CUMPROD)).float()[t].view(-1, 1, 1, 1)
-        zt = (ac.sqrt() * z0 + (1 - ac).sqrt() * noise).to(self.device)
+        zt = add_noise(z0, noise, t).to(self.device)
         keep_caption = self._rand(a.batch) >= a.drop_caption
         captions = [
             c if k else ""
@@ -446,8 +451,7 @@ class Run:
         idx = torch.arange(min(n, len(self.lat_mean)))
         t = torch.randint(NUM_TRAIN_TIMESTEPS // 2, NUM_TRAIN_TIMESTEPS, (len(idx),), generator=gen)
         noise = torch.randn(self.lat_mean[idx].shape, generator=gen)
-        ac = torch.from_numpy(np.array(ALPHAS_CUMPROD)).float()[t].view(-1, 1, 1, 1)
-        zt = (ac.sqrt() * self.lat_mean[idx] + (1 - ac).sqrt() * noise).to(dev)
+        zt = add_noise(self.lat_mean[idx], noise, t).to(dev)
         ctx, _ = m.encode_text(self._tokens([self.captions[i] for i in idx.tolist()]))
         _, phrase_emb = m.encode_text(self._tokens(self.phrases))
         boxes, masks = self.boxes[idx], self.masks[idx]
