@@ -132,7 +132,7 @@ class OpenVinoBackend(Backend):
                     f"run `gligen-rt build --onnx {folder.path} --backend openvino-int8`"
                 )
             else:
-                engine = _Engine(name, folder.onnx_path(name), self.precision_hint, None, False)
+                engine = _Engine(name, folder.read_onnx(name), self.precision_hint, None, False)
             self.specs[name] = spec
             self._engines[name] = engine
             if not engine.per_shape:  # per-shape engines compile at their first call

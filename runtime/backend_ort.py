@@ -74,7 +74,7 @@ class OrtBackend(Backend):
             log.debug("loading %s on %s", name, self.name)
             try:
                 session = make_session(
-                    folder.onnx_path(name),
+                    folder.read_onnx(name),
                     ep,
                     optimized_cache_dir=cache_dir,
                     threads=self.threads,

@@ -5,7 +5,10 @@
 Opening a folder checks, before any backend loads anything, that every engine the model needs is
 listed and present, that each engine's manifest describes this model (same model config, a spec
 whose fingerprint is the one the runtime derives from the folder's config and envelope) and that
-its graph has the recorded size (and sha256, when asked). Every failure is one EngineError line.
+its graph has the recorded size. A graph's sha256 (when asked) is checked by ``read_onnx``, the
+first time a backend reads that graph: a backend that runs a built artifact instead (OpenVINO IR,
+a TensorRT plan) checks that artifact and never hashes the ONNX it was built from, which for SD-1.4
+is 3.4 GB of reading per load. Every failure is one EngineError line.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class EngineFolder:
     envelope: ShapeEnvelope
     specs: dict[str, EngineSpec]
     onnx_manifests: dict[str, EngineManifest] = field(default_factory=dict)
+    unhashed: set[str] = field(default_factory=set)  # graphs whose sha256 read_onnx still checks
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, check_sha256: bool = True) -> EngineFolder:
@@ -126,10 +130,12 @@ class EngineFolder:
             )
         folder = cls(path, manifest, config, envelope, {n: expected[n] for n in manifest.engines})
         for name in manifest.engines:
-            folder.onnx_manifests[name] = folder._check_onnx(name, check_sha256)
+            folder.onnx_manifests[name] = folder._check_onnx(name)
+        if check_sha256:
+            folder.unhashed = set(manifest.engines)
         return folder
 
-    def _check_onnx(self, name: str, check_sha256: bool) -> EngineManifest:
+    def _check_onnx(self, name: str) -> EngineManifest:
         onnx = self.onnx_path(name)
         if not onnx.is_file():
             raise EngineError(f"{onnx} is missing: re-export the engine folder with `gligen-rt export`")
@@ -143,13 +149,23 @@ class EngineFolder:
                 f"{onnx.name} was exported from another model than {self.path}/manifest.json describes "
                 f"({m.model_config.get('name')}-{m.model_config.get('modality')}): re-export the engine folder"
             )
-        verify(m, spec=self.specs[name], artifact_path=onnx, check_sha256=check_sha256)
+        verify(m, spec=self.specs[name], artifact_path=onnx, check_sha256=False)
         return m
 
     # -- paths and facts ----------------------------------------------------------------------
 
     def onnx_path(self, name: str) -> Path:
+        """Where the graph lies (for messages and manifests; a backend reads it via ``read_onnx``)."""
         return self.path / f"{name}.onnx"
+
+    def read_onnx(self, name: str) -> Path:
+        """The graph's path for a backend about to read it, its sha256 checked the first time
+        (when the folder was opened with check_sha256)."""
+        path = self.onnx_path(name)
+        if name in self.unhashed:
+            verify(self.onnx_manifests[name], artifact_path=path)
+            self.unhashed.discard(name)
+        return path
 
     def built_dir(self, backend: str) -> Path:
         """DIR/<backend>: where `gligen-rt build` puts that backend's artifacts."""

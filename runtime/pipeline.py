@@ -175,7 +175,8 @@ class GligenPipeline:
     ) -> GligenPipeline:
         """Open an exported engine folder and load its engines on `backend` (runtime/backend.py).
 
-        check_sha256: hash every graph at open (seconds for GB-size graphs; sizes are always checked).
+        check_sha256: hash each graph the backend reads, once (seconds for GB-size graphs; sizes are
+            always checked at open; built artifacts are checked by their backend).
         backend_options: passed to the backend, e.g. threads=2, or model=... for "torch".
         """
         folder = EngineFolder.open(path, check_sha256=check_sha256)

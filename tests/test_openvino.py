@@ -76,6 +76,33 @@ def test_runtime_runs_the_ir_per_shape(folder: Path, images: dict[str, str], ort
         assert psnr(two[:1], ort_image) >= 45.0
 
 
+def test_running_the_ir_does_not_hash_the_onnx(folder: Path, tmp_path: Path) -> None:
+    """A backend that runs the IR checks the IR, not the graph it was built from (for SD-1.4 the ONNX
+    is 3.4 GB of reading per load); ORT, which reads the graph, still finds it corrupt."""
+    from gligen_rt.runtime.backend import make_backend
+    from gligen_rt.runtime.folder import EngineFolder
+
+    other = tmp_path / "engines"
+    shutil.copytree(folder, other, ignore=shutil.ignore_patterns("cache"))
+    onnx = other / "unet.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only a hash sees it
+    onnx.write_bytes(bytes(data))
+    opened = EngineFolder.open(other)
+    backend = make_backend("openvino", threads=2)
+    try:
+        backend.load(opened, ["unet"])
+        assert backend._engines["unet"].path.suffix == ".xml"
+    finally:
+        backend.close()
+    assert "unet" in opened.unhashed  # nothing read the graph
+    with pytest.raises(EngineError, match="corrupt unet.onnx") as e:
+        opened.read_onnx("unet")
+    assert "\n" not in str(e.value)
+    with pytest.raises(EngineError, match="corrupt unet.onnx"):
+        GligenPipeline.from_engines(other, "ort-cpu")
+
+
 def test_every_attention_is_fused(folder: Path) -> None:
     """OpenVINO's CPU plugin runs each attention (SD self- and cross-attention and the fused gated
     self-attention) as one fused kernel, at f32 and bf16, dynamic and static."""
