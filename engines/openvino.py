@@ -125,11 +125,17 @@ def save_ir(
     model = ov.Core().read_model(str(onnx_path))
     if shapes:
         model.reshape({name: list(shape) for name, shape in shapes.items()})
-    if weights == "int8-w":
-        model = compress_weights_int8(model)
     xml.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=xml.parent, prefix=f".{xml.name}."))
     try:
+        if weights == "int8-w":
+            if any(op.get_type_name() == "If" for op in model.get_ordered_ops()):
+                # A gate-skip UNet (fusers behind If): NNCF cannot build its graph of the model as
+                # read from ONNX (the bodies' nodes are not found); read back from IR it can.
+                ov.save_model(model, str(tmp / "fp32.xml"), compress_to_fp16=False)
+                del model
+                model = ov.Core().read_model(str(tmp / "fp32.xml"))
+            model = compress_weights_int8(model)
         ov.save_model(model, str(tmp / xml.name), compress_to_fp16=weights == "fp16")
         del model
         os.replace(tmp / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
@@ -150,7 +156,12 @@ def compress_weights_int8(model: Any) -> Any:
         import nncf
     except ImportError:
         raise BackendUnavailable("nncf is not installed: pip install 'gligen-rt[openvino]'") from None
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    mode = nncf.CompressWeightsMode.INT8_ASYM
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "If":  # NNCF leaves If bodies (the gate-skip fusers) alone: do each
+            for i in range(2):
+                op.set_function(i, nncf.compress_weights(op.get_function(i), mode=mode))
+    return nncf.compress_weights(model, mode=mode)
 
 
 def weights_path(xml_path: str | os.PathLike[str]) -> Path:
