@@ -131,13 +131,15 @@ def run_benchmark(scenario: Scenario, options: Options) -> dict[str, Any]:
         work = Path(tmp)
         machine = execute(_task("machine", scenario, None, work, None), work / "tasks", options.isolate)
         results: list[dict[str, Any]] = []
-        exported: dict[Path, dict[str, Any]] = {}
+        # (engine folder, runtime backend) -> its export + build: configurations sharing a folder
+        # (OpenVINO bf16 and int8 both run the FP32 graphs) still get their own backend's build
+        exported: dict[tuple[Path, str], dict[str, Any]] = {}
         from gligen_rt.core.progress import progress
 
         for config in progress(configs, desc="bench", unit="config"):
             engine_dir = None
             if config.kind == "ours":
-                from gligen_rt.benchmarks.ours import unavailable_reason
+                from gligen_rt.benchmarks.ours import runtime_backend, unavailable_reason
 
                 why = unavailable_reason(config.backend)
                 if why is not None:
@@ -147,13 +149,14 @@ def run_benchmark(scenario: Scenario, options: Options) -> dict[str, Any]:
                     )
                     continue
                 engine_dir = engine_folder(options.engine_dir, scenario, config)
-                if engine_dir not in exported:
+                key = (engine_dir, runtime_backend(config))
+                if key not in exported:
                     log.info("engines for %s in %s", config.label, engine_dir.name)
-                    exported[engine_dir] = execute(
+                    exported[key] = execute(
                         _task("export", scenario, config, work, engine_dir), work / "tasks", options.isolate
                     )
-                if exported[engine_dir].get("status") in ("failed", "unavailable"):
-                    results.append({**config.to_dict(), "label": config.label, **exported[engine_dir]})
+                if exported[key].get("status") in ("failed", "unavailable"):
+                    results.append({**config.to_dict(), "label": config.label, **exported[key]})
                     continue
             log.info("running %s", config.label)
             task = _task("config", scenario, config, work, engine_dir)
@@ -172,7 +175,10 @@ def run_benchmark(scenario: Scenario, options: Options) -> dict[str, Any]:
         "machine": machine,
         "configs": results,
         "skipped": skipped,
-        "engines": {k.name: {kk: vv for kk, vv in v.items() if kk != "dir"} for k, v in exported.items()},
+        "engines": {
+            f"{folder.name}/{backend}": {k: v for k, v in info.items() if k != "dir"}
+            for (folder, backend), info in exported.items()
+        },
     }
     options.out_dir.mkdir(parents=True, exist_ok=True)
     with open(options.out_dir / JSONL_NAME, "a") as f:

@@ -69,6 +69,33 @@ def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
+    reason="openvino and nncf are not installed",
+)
+def test_openvino_bf16_and_int8_each_get_their_build(tmp_path: Path) -> None:
+    """Both run the one FP32 engine folder; each needs its own IR build. The harness once built
+    only the first one's, and int8 then failed for want of its build."""
+    out = tmp_path / "results"
+    argv = [
+        "bench", "--model", "tiny-random", "--size", "128", "--steps", "2", "--beta", "0.5", "--repeats", "1",
+        "--warmup", "0", "--backends", "openvino", "--precisions", "bf16,int8", "--no-eager", "--no-reference",
+        "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
+        "--out-dir", str(out), "--engine-dir", str(tmp_path / "engines"),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    record = json.loads((out / "bench.jsonl").read_text().splitlines()[0])
+    labels = {c["label"]: c for c in record["configs"]}
+    for label in ("ours openvino bf16", "ours openvino int8"):
+        assert labels[label]["status"] == "ok", labels[label]
+    # the memory target counts the weights as each build holds them
+    assert (
+        labels["ours openvino int8"]["memory"]["weights_bytes"]
+        < labels["ours openvino bf16"]["memory"]["weights_bytes"]
+    )
+
+
 def test_worker_runs_in_its_own_process(tmp_path: Path) -> None:
     """The isolated path: a worker process measures the machine and writes its JSON result."""
     from gligen_rt.benchmarks.harness import execute
