@@ -161,6 +161,21 @@ def test_gligen_stage_trains_only_fusers_and_tokenizer(data: Path, tmp_path: Pat
     assert (tmp_path / "g" / "gligen.pth").is_file()  # the original layout too
 
 
+def test_init_from_a_grounding_model_trains_it_further(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    from gligen_ref.checkpoint import load_checkpoint
+
+    Run(_args("gligen", data, tmp_path / "first", init=base_folder, steps=2)).run()
+    first = load_checkpoint(tmp_path / "first" / "model").model.state_dict()
+    fresh = Run(_args("gligen", data, tmp_path / "fresh", init=base_folder, steps=2))
+    assert not fresh.continues_grounding
+    more = Run(_args("gligen", data, tmp_path / "more", init=tmp_path / "first" / "model", steps=2))
+    assert more.continues_grounding  # its gates are open: tokenizer and fusers kept as trained
+    kept = more.model.state_dict()
+    assert all(torch.equal(first[k], kept[k]) for k in first if k.startswith("position_net."))
+
+
 def test_resume_is_bit_exact(data: Path, tmp_path: Path, base_folder: Path) -> None:
     straight = Run(_args("gligen", data, tmp_path / "a", init=base_folder, steps=4))
     straight.run()

@@ -264,7 +264,11 @@ class Run:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DataError("--device cuda: no CUDA device is visible to torch; use --device cpu")
         self.model, self.tokenizer = initial_model(args)
-        if args.stage == "gligen":
+        # A base (every fuser gate at 0) gets a fresh grounding tokenizer; an --init that already
+        # grounds (a gate opened by an earlier gligen run) is trained further as it is, since its
+        # fusers were learned against that tokenizer.
+        self.continues_grounding = args.stage == "gligen" and grounding_is_trained(self.model)
+        if args.stage == "gligen" and not self.continues_grounding:
             init_grounding_tokenizer(self.model, args.seed)
         self.config: ModelConfig = self.model.config
         # Validate every input before anything is written.
@@ -558,6 +562,12 @@ class Run:
         }
         atomic_write_text(self.out / "run.json", json.dumps(record, indent=2) + "\n")
         return self.out / "model"
+
+
+@torch.no_grad()
+def grounding_is_trained(model: GLIGENModel) -> bool:
+    """Whether any fuser's gate is open, i.e. the model already grounds (GLIGEN's gates start at 0)."""
+    return any(float(f.alpha_attn) != 0 or float(f.alpha_dense) != 0 for f in model.fusers())
 
 
 @torch.no_grad()
