@@ -256,3 +256,16 @@ def test_grounding_signal_is_zero_with_closed_gates_and_logged_per_checkpoint(
     assert lines[-1]["phrase_gain"] != 0.0  # open gates: the phrases change the prediction
     record = json.loads((tmp_path / "g" / "run.json").read_text())
     assert record["grounding_signal"] == lines[-1]
+
+
+def test_package_orders_the_continuations_of_the_gligen_stage(tmp_path: Path) -> None:
+    from gligen_ref.train.package import _runs
+    from gligen_rt.core.errors import DataError
+
+    for name in ("vae", "base", "gligen", "gligen-10", "gligen-2", "gligen-old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"name": name}))
+    assert list(_runs(tmp_path)) == ["vae", "base", "gligen", "gligen-2", "gligen-10"]
+    (tmp_path / "gligen-3").mkdir()  # a continuation still running: no run.json yet
+    with pytest.raises(DataError, match="gligen-3"):
+        _runs(tmp_path)

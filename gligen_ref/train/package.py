@@ -35,13 +35,24 @@ def to_fp16_folder(src: Path, dst: Path) -> None:
 
 
 def _runs(runs: Path) -> dict[str, dict]:
+    """Run folder -> run.json, in training order: vae, base, gligen, then any continuations of the
+    gligen stage (folders gligen-2, gligen-3, ..., each with --init the previous one's model)."""
     out = {}
     for stage in ("vae", "base", "gligen"):
         path = runs / stage / "run.json"
         if not path.is_file():
             raise DataError(f"{path}: missing (train the {stage} stage into {runs / stage} first)")
         out[stage] = json.loads(path.read_text(encoding="utf-8"))
+    more = [p for p in runs.glob("gligen-*") if p.name.removeprefix("gligen-").isdigit()]
+    for folder in sorted(more, key=lambda p: int(p.name.removeprefix("gligen-"))):
+        if not (folder / "run.json").is_file():
+            raise DataError(f"{folder / 'run.json'}: missing (finish that run, or remove {folder})")
+        out[folder.name] = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     return out
+
+
+def _stage(name: str) -> str:
+    return name.split("-")[0]
 
 
 def _command(stage: str, run: dict) -> str:
@@ -105,11 +116,11 @@ def model_card(
     }
     for stage, r in runs.items():
         lines.append(
-            f"| {stage} | {what[stage]} | {r['steps']} | {r['batch']} | {r['wall_s'] / 60:.1f} min | "
+            f"| {stage} | {what[_stage(stage)]} | {r['steps']} | {r['batch']} | {r['wall_s'] / 60:.1f} min | "
             f"{r['final_loss_mean_last_100']:.4f} | {r['trainable_parameters']:,} |"
         )
     lines += ["", "Commands, in order:", "", "```"]
-    lines += [_command(stage, r) for stage, r in runs.items()]
+    lines += [_command(_stage(stage), r) for stage, r in runs.items()]
     lines += [
         "gligen-rt train package --runs runs --out gligen_rt/models/tiny",
         "```",
@@ -141,14 +152,15 @@ def _hash_folder(path: Path, suffixes: tuple[str, ...]) -> str:
 
 
 def package(runs: Path, out: Path, notes: str = "") -> Path:
-    """Build OUT (see the module docstring) from RUNS/{vae,base,gligen}; atomic (temporary folder)."""
+    """Build OUT (see the module docstring) from RUNS/{vae,base,gligen[,gligen-2,...]} (the model is
+    the last run's); atomic (temporary folder)."""
     from gligen_rt.engines.spec import UNET_PLAIN, specs_for
     from gligen_rt.export.api import export_engines
     from gligen_rt.export.compact import store_token_embedding_fp16
 
     runs, out = Path(runs), Path(out)
     records = _runs(runs)
-    model_src = runs / "gligen" / "model"
+    model_src = runs / list(records)[-1] / "model"
     if not (model_src / "model_index.json").is_file():
         raise DataError(f"{model_src}: no trained model (run the gligen stage first)")
     out.parent.mkdir(parents=True, exist_ok=True)
