@@ -210,8 +210,15 @@ def test_targets_verdicts_and_margins() -> None:
     assert a["fastest_eager"] == "eager bf16"
     got = {(t.name, t.config): t for t in a["targets"]}
     ov = got[("end to end vs fastest eager", "ours openvino bf16")]
-    assert ov.verdict == "PASS" and ov.value == pytest.approx(2.0) and ov.margin == "+0.50x"
+    assert ov.verdict == "MISS" and ov.value == pytest.approx(2.0) and ov.margin == "-1.00x"
     assert "PSNR 29.0 dB" in ov.note
+    quality = got[("PSNR vs FP32 reference", "ours openvino bf16")]
+    assert quality.verdict == "MISS" and quality.margin == "-11.00 dB"
+    for step in ("grounded", "plain"):
+        share = got[(f"UNet {step} step / matmul peak", "ours openvino bf16")]
+        derived = report.analyze(fixture_record())["derived"]["ours openvino bf16"]
+        assert share.value == pytest.approx(derived[f"peak_share_unet_{step}"])
+        assert share.verdict == ("PASS" if share.value >= 0.65 else "MISS")
     assert got[("end to end vs fastest eager", "ours ort-cpu fp32")].verdict == "MISS"
     assert got[("plain step / SD UNet step", "ours openvino bf16")].verdict == "PASS"
     assert got[("plain step / SD UNet step", "ours ort-cpu fp32")].verdict == "n/a"
