@@ -216,8 +216,7 @@ def test_targets_verdicts_and_margins() -> None:
     assert quality.verdict == "MISS" and quality.margin == "-11.00 dB"
     for step in ("grounded", "plain"):
         share = got[(f"UNet {step} step / matmul peak", "ours openvino bf16")]
-        derived = report.analyze(fixture_record())["derived"]["ours openvino bf16"]
-        assert share.value == pytest.approx(derived[f"peak_share_unet_{step}"])
+        assert share.value == pytest.approx(a["derived"]["ours openvino bf16"][f"peak_share_unet_{step}"])
         assert share.verdict == ("PASS" if share.value >= 0.65 else "MISS")
     assert got[("end to end vs fastest eager", "ours ort-cpu fp32")].verdict == "MISS"
     assert got[("plain step / SD UNet step", "ours openvino bf16")].verdict == "PASS"
