@@ -161,9 +161,7 @@ def test_gligen_stage_trains_only_fusers_and_tokenizer(data: Path, tmp_path: Pat
     assert (tmp_path / "g" / "gligen.pth").is_file()  # the original layout too
 
 
-def test_init_from_a_grounding_model_trains_it_further(
-    data: Path, tmp_path: Path, base_folder: Path
-) -> None:
+def test_init_from_a_grounding_model_trains_it_further(data: Path, tmp_path: Path, base_folder: Path) -> None:
     from gligen_ref.checkpoint import load_checkpoint
 
     Run(_args("gligen", data, tmp_path / "first", init=base_folder, steps=2)).run()
@@ -174,6 +172,28 @@ def test_init_from_a_grounding_model_trains_it_further(
     assert more.continues_grounding  # its gates are open: tokenizer and fusers kept as trained
     kept = more.model.state_dict()
     assert all(torch.equal(first[k], kept[k]) for k in first if k.startswith("position_net."))
+
+
+def test_a_base_run_under_a_grounding_model_yields_a_base(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    """The base stage changes the UNet the fusers were learned on: its result grounds no more, and a
+    gligen run on it starts fresh."""
+    from gligen_ref.checkpoint import load_checkpoint
+    from gligen_ref.train.trainer import grounding_is_trained
+
+    Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=2)).run()
+    assert grounding_is_trained(load_checkpoint(tmp_path / "g" / "model").model)
+    base = Run(_args("base", data, tmp_path / "b", init=tmp_path / "g" / "model", steps=2))
+    assert base.reset_grounding and not grounding_is_trained(base.model)
+    base.run()
+    again = load_checkpoint(tmp_path / "b" / "model").model
+    assert not grounding_is_trained(again)
+    assert not Run(
+        _args("gligen", data, tmp_path / "g2", init=tmp_path / "b" / "model", steps=1)
+    ).continues_grounding
+    plain = Run(_args("base", data, tmp_path / "b2", init=base_folder, steps=1))
+    assert not plain.reset_grounding
 
 
 def test_resume_is_bit_exact(data: Path, tmp_path: Path, base_folder: Path) -> None:
@@ -258,14 +278,14 @@ def test_grounding_signal_is_zero_with_closed_gates_and_logged_per_checkpoint(
     assert record["grounding_signal"] == lines[-1]
 
 
-def test_package_orders_the_continuations_of_the_gligen_stage(tmp_path: Path) -> None:
+def test_package_orders_the_continuations_of_each_stage(tmp_path: Path) -> None:
     from gligen_ref.train.package import _runs
     from gligen_rt.core.errors import DataError
 
-    for name in ("vae", "base", "gligen", "gligen-10", "gligen-2", "gligen-old"):
+    for name in ("vae", "base", "base-2", "gligen", "gligen-10", "gligen-2", "gligen-old", "vae-2"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "run.json").write_text(json.dumps({"name": name}))
-    assert list(_runs(tmp_path)) == ["vae", "base", "gligen", "gligen-2", "gligen-10"]
+    assert list(_runs(tmp_path)) == ["vae", "base", "base-2", "gligen", "gligen-2", "gligen-10"]
     (tmp_path / "gligen-3").mkdir()  # a continuation still running: no run.json yet
     with pytest.raises(DataError, match="gligen-3"):
         _runs(tmp_path)

@@ -35,19 +35,21 @@ def to_fp16_folder(src: Path, dst: Path) -> None:
 
 
 def _runs(runs: Path) -> dict[str, dict]:
-    """Run folder -> run.json, in training order: vae, base, gligen, then any continuations of the
-    gligen stage (folders gligen-2, gligen-3, ..., each with --init the previous one's model)."""
+    """Run folder -> run.json, in training order: vae, base, gligen, each followed by its
+    continuations (folders base-2, ..., gligen-2, gligen-3, ...: further runs of that stage)."""
     out = {}
     for stage in ("vae", "base", "gligen"):
         path = runs / stage / "run.json"
         if not path.is_file():
             raise DataError(f"{path}: missing (train the {stage} stage into {runs / stage} first)")
         out[stage] = json.loads(path.read_text(encoding="utf-8"))
-    more = [p for p in runs.glob("gligen-*") if p.name.removeprefix("gligen-").isdigit()]
-    for folder in sorted(more, key=lambda p: int(p.name.removeprefix("gligen-"))):
-        if not (folder / "run.json").is_file():
-            raise DataError(f"{folder / 'run.json'}: missing (finish that run, or remove {folder})")
-        out[folder.name] = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        if stage == "vae":
+            continue
+        more = [p for p in runs.glob(f"{stage}-*") if p.name.removeprefix(f"{stage}-").isdigit()]
+        for folder in sorted(more, key=lambda p: int(p.name.removeprefix(f"{stage}-"))):
+            if not (folder / "run.json").is_file():
+                raise DataError(f"{folder / 'run.json'}: missing (finish that run, or remove {folder})")
+            out[folder.name] = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     return out
 
 
@@ -152,8 +154,8 @@ def _hash_folder(path: Path, suffixes: tuple[str, ...]) -> str:
 
 
 def package(runs: Path, out: Path, notes: str = "") -> Path:
-    """Build OUT (see the module docstring) from RUNS/{vae,base,gligen[,gligen-2,...]} (the model is
-    the last run's); atomic (temporary folder)."""
+    """Build OUT (see the module docstring) from RUNS/{vae,base[,base-2,...],gligen[,gligen-2,...]}
+    (the model is the last run's); atomic (temporary folder)."""
     from gligen_rt.engines.spec import UNET_PLAIN, specs_for
     from gligen_rt.export.api import export_engines
     from gligen_rt.export.compact import store_token_embedding_fp16

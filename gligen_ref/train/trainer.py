@@ -268,6 +268,11 @@ class Run:
         # grounds (a gate opened by an earlier gligen run) is trained further as it is, since its
         # fusers were learned against that tokenizer.
         self.continues_grounding = args.stage == "gligen" and grounding_is_trained(self.model)
+        # A base run under a model that grounds changes the UNet its fusers were learned on: its
+        # result is a base again (fusers and grounding tokenizer fresh, every gate at 0).
+        self.reset_grounding = args.stage == "base" and grounding_is_trained(self.model)
+        if self.reset_grounding:
+            reset_grounding(self.model, args.seed)
         if args.stage == "gligen" and not self.continues_grounding:
             init_grounding_tokenizer(self.model, args.seed)
         self.config: ModelConfig = self.model.config
@@ -568,6 +573,18 @@ class Run:
 def grounding_is_trained(model: GLIGENModel) -> bool:
     """Whether any fuser's gate is open, i.e. the model already grounds (GLIGEN's gates start at 0)."""
     return any(float(f.alpha_attn) != 0 or float(f.alpha_dense) != 0 for f in model.fusers())
+
+
+@torch.no_grad()
+def reset_grounding(model: GLIGENModel, seed: int) -> None:
+    """Fusers and grounding tokenizer back to a freshly built model's (seeded), gates at 0."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = GLIGENModel(model.config).float().state_dict()
+    own = model.state_dict()
+    for k, v in fresh.items():
+        if ".fuser." in k or k.startswith("position_net."):
+            own[k].copy_(v)
 
 
 @torch.no_grad()
