@@ -11,10 +11,20 @@ the same name:
 
 The IR is written by ``ov.save_model`` (``compress_to_fp16`` for bf16: the CPU converts the weights
 to BF16 while compiling, so FP16 storage loses nothing BF16 keeps; INT8 by
-``nncf.compress_weights``). Loading compiles the IR (its weights are memory-mapped, OpenVINO's
-default for IR files) and keeps only the compiled model: the read model is released. With
-``cache_dir`` (OpenVINO's CACHE_DIR) compiled blobs are kept there and later loads skip
-compilation (measured in benchmarks/README.md).
+``nncf.compress_weights``). Loading compiles the IR and keeps only the compiled model: the read
+model is released. With ``cache_dir`` (OpenVINO's CACHE_DIR) compiled blobs are kept there and later
+loads skip compilation (measured in benchmarks/README.md).
+
+Resident memory: OpenVINO memory-maps the IR's .bin and a cache blob (both hold the weights as
+stored, FP16 for bf16) and the compiled model keeps that mapping for its whole life, although the
+CPU plugin copies the weights of its matrix and convolution kernels into its own buffers while
+compiling (converted to BF16, repacked) and never reads those pages again. Left alone, the mapped
+pages stay resident beside that copy: the SD-1.4 UNet held 2.1 GB of mapped FP16 blob beside 2.3 GB
+of BF16 weights (weights an engine reads in place, e.g. a text encoder's, fault back in at its
+first run and stay).
+``compile_model`` therefore drops this process's resident pages of those files while it compiles
+and once after (``drop_mapped_pages``, Linux ``madvise(MADV_DONTNEED)`` on read-only shared
+mappings: their content is the file's, so a page read again is faulted back in unchanged).
 
 Attention: OpenVINO's CPU plugin fuses each ``MatMul -> Softmax -> MatMul`` of our graphs (SD's
 self- and cross-attention and the fused gated self-attention, export/fuse.py) into one
@@ -25,11 +35,17 @@ counts them in a compiled model, and a test checks that every attention of the t
 from __future__ import annotations
 
 import collections
+import contextlib
+import ctypes
+import errno
+import functools
 import logging
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +64,10 @@ BUILDS: dict[str, tuple[str, str]] = {
     "openvino-bf16": ("bf16", "fp16"),
     "openvino-int8": ("bf16", "int8-w"),
 }
+# Seconds between two drops of the weight files' mapped pages while a model compiles: the CPU
+# plugin reads them at page-cache speed, so this bounds the pages resident at once to ~100 MB.
+PAGE_DROP_INTERVAL_S = 0.02
+_MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 
 
 def import_openvino() -> Any:
@@ -88,7 +108,8 @@ def compile_model(
     device: an OpenVINO device name ("CPU", "GPU", "AUTO"); precision_hint: "f32" | "bf16" | "f16";
     cache_dir: folder for compiled blobs (created); threads: inference threads (None: all cores);
     shapes: {input: shape} to compile a static model (otherwise the graph's own shapes).
-    The model read for a reshape is released once compiled: only the compiled model holds weights.
+    The model read for a reshape is released once compiled: only the compiled model holds weights,
+    and the pages of the mapped weight files are dropped while and after it compiles.
     Call the result with {input name: array}; it returns outputs indexable by name.
     """
     ov = import_openvino()
@@ -96,14 +117,90 @@ def compile_model(
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     config = compile_config(precision_hint, cache_dir, threads)
-    if shapes:
-        model = core.read_model(str(model_path))
-        model.reshape({name: list(shape) for name, shape in shapes.items()})
-        compiled = core.compile_model(model, device, config)
-        del model
-        return compiled
-    # Compiling from the path lets a cached blob skip reading the model at all.
-    return core.compile_model(str(model_path), device, config)
+    with mapped_pages_dropped(weight_files(model_path), [cache_dir] if cache_dir is not None else []):
+        if shapes:
+            model = core.read_model(str(model_path))
+            model.reshape({name: list(shape) for name, shape in shapes.items()})
+            compiled = core.compile_model(model, device, config)
+            del model
+            return compiled
+        # Compiling from the path lets a cached blob skip reading the model at all.
+        return core.compile_model(str(model_path), device, config)
+
+
+def weight_files(model_path: str | os.PathLike[str]) -> list[Path]:
+    """The files OpenVINO may map for a graph: the graph itself and its weights (an IR's .bin, an
+    ONNX graph's external data)."""
+    p = Path(model_path)
+    return [p, weights_path(p), p.with_name(p.name + ".data")]
+
+
+def drop_mapped_pages(
+    files: Iterable[str | os.PathLike[str]], dirs: Iterable[str | os.PathLike[str]] = ()
+) -> int:
+    """Drop this process's resident pages of read-only shared mappings of `files` or of files under
+    `dirs`; returns the bytes of the mappings advised (0 off Linux).
+
+    ``madvise(MADV_DONTNEED)`` on such a mapping only unmaps its pages from this process: they are
+    the file's bytes (still in the page cache), and a later read faults the same bytes back in.
+    Writable or private mappings are left alone (dropping copy-on-write pages would lose writes).
+    """
+    if not sys.platform.startswith("linux"):
+        return 0
+    names = {os.path.realpath(f) for f in files}
+    roots = tuple(os.path.join(os.path.realpath(d), "") for d in dirs)
+    libc = _libc()
+    advised = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(None, 5)  # range perms offset dev inode path
+            if len(fields) < 6 or "w" in fields[1] or fields[1][3] != "s":
+                continue
+            path = fields[5].rstrip("\n")
+            if path not in names and not path.startswith(roots):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
+                advised += end - start
+            elif ctypes.get_errno() not in (errno.ENOMEM, errno.EINVAL):  # unmapped meanwhile
+                raise OSError(ctypes.get_errno(), f"madvise on {path}: {os.strerror(ctypes.get_errno())}")
+    return advised
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
+
+
+@contextlib.contextmanager
+def mapped_pages_dropped(
+    files: Iterable[str | os.PathLike[str]],
+    dirs: Iterable[str | os.PathLike[str]] = (),
+    interval: float = PAGE_DROP_INTERVAL_S,
+) -> Iterator[None]:
+    """Around a compile: drop the mapped pages of `files` / files under `dirs` every `interval`
+    seconds from a thread (OpenVINO releases the GIL while it compiles), and once at the end, so
+    the weights as stored and the plugin's copy of them are never resident together."""
+    files, dirs = list(files), list(dirs)
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    stop = threading.Event()
+
+    def drop_until_stopped() -> None:
+        while not stop.wait(interval):
+            drop_mapped_pages(files, dirs)
+
+    worker = threading.Thread(target=drop_until_stopped, name="openvino-page-drop", daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        worker.join()
+        drop_mapped_pages(files, dirs)
 
 
 def save_ir(

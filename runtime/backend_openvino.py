@@ -1,7 +1,8 @@
 """OpenVINO on the CPU: FP32 (``openvino``), BF16 (``openvino-bf16``), INT8 weights (``openvino-int8``).
 
 With a build (``gligen-rt build --backend B`` wrote DIR/B/) each engine is compiled from its IR
-(weights memory-mapped, read model released after compiling: no second copy of the weights) with
+(read model released after compiling; the pages of the memory-mapped .bin / cache blob dropped
+while and after compiling, engines/openvino.py: no second copy of the weights resident) with
 compiled blobs in DIR/B/cache (OpenVINO's CACHE_DIR: later loads skip compilation). A static build
 is compiled at its shape. A dynamic build's request-size engines (grounding, UNets, VAE) are
 compiled static at the shape of their first call (reshaped from the IR; the blob is cached per

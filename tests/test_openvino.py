@@ -175,3 +175,81 @@ def test_build_errors_are_one_line(folder: Path, tmp_path: Path) -> None:
     with pytest.raises(EngineError) as e:
         GligenPipeline.from_engines(broken, "openvino")
     assert "\n" not in str(e.value) and "unet.bin" in str(e.value)
+
+
+def _mapped_rss(path: Path) -> tuple[int, int]:
+    """(mappings of `path` in this process, their resident kB), from /proc/self/smaps."""
+    import re
+
+    target, mappings, rss, current = str(path.resolve()), 0, 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):  # a mapping's header (anonymous: no path)
+                head = line.split(None, 5)
+                current = len(head) == 6 and head[5].rstrip("\n") == target
+                mappings += current
+            elif current and line.startswith("Rss:"):
+                rss += int(line.split()[1])
+    return mappings, rss
+
+
+linux_only = pytest.mark.skipif(not Path("/proc/self/smaps").is_file(), reason="needs Linux /proc")
+
+
+@linux_only
+def test_drop_mapped_pages_unmaps_read_only_file_pages(tmp_path: Path) -> None:
+    """Read-only shared mappings lose their resident pages and read back the same bytes; a private
+    writable mapping (copy-on-write pages) is left alone."""
+    import mmap
+
+    from gligen_rt.engines.openvino import drop_mapped_pages
+
+    data = np.random.default_rng(0).integers(0, 255, 4 << 20, dtype=np.uint8)
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(data.tobytes())
+    with open(weights, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert np.frombuffer(m, np.uint8).sum() == data.sum()  # every page touched
+        assert _mapped_rss(weights)[1] >= 4096
+        assert drop_mapped_pages([], [tmp_path]) >= data.nbytes
+        assert _mapped_rss(weights) == (1, 0)
+        assert np.array_equal(np.frombuffer(m, np.uint8), data)  # faulted back in, unchanged
+    with open(weights, "r+b") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+        m[0] = (int(data[0]) + 1) % 256
+        assert drop_mapped_pages([weights]) == 0
+        assert m[0] == (int(data[0]) + 1) % 256 and _mapped_rss(weights)[1] > 0
+
+
+@linux_only
+def test_mapped_pages_are_dropped_while_the_body_runs(tmp_path: Path) -> None:
+    """The dropping thread works during the body (a compile), not only after it."""
+    import mmap
+    import time
+
+    from gligen_rt.engines.openvino import mapped_pages_dropped
+
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"\1" * (1 << 20))
+    with open(weights, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        with mapped_pages_dropped([weights], interval=0.001):
+            assert sum(m[i] for i in range(0, len(m), 4096)) == 256
+            deadline = time.monotonic() + 30.0  # a bound on waiting, not a timing assertion
+            while _mapped_rss(weights)[1] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _mapped_rss(weights) == (1, 0)
+
+
+@linux_only
+def test_compiled_model_keeps_no_weight_pages_resident(folder: Path) -> None:
+    """OpenVINO keeps the imported cache blob mapped for the compiled model's life, and the CPU plugin
+    has copied the weights out of it: compile_model leaves none of its pages resident."""
+    from gligen_rt.engines.openvino import compile_model
+
+    out = folder / "openvino"
+    blobs = sorted((out / "cache").glob("*.blob"))
+    compiled = compile_model(out / "text_encoder.xml", "CPU", "f32", out / "cache")
+    mapped = [_mapped_rss(b) for b in blobs]
+    assert any(n for n, _ in mapped), "the compiled model maps no cache blob: nothing to check"
+    assert all(kb == 0 for _, kb in mapped), mapped
+    assert _mapped_rss(out / "text_encoder.bin")[1] == 0
+    ids = np.zeros((1, 77), np.int32)
+    assert np.isfinite(compiled({"input_ids": ids})[compiled.outputs[0]]).all()
