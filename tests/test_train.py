@@ -196,6 +196,34 @@ def test_a_base_run_under_a_grounding_model_yields_a_base(
     assert not plain.reset_grounding
 
 
+def test_grounding_from_another_model_starts_the_fusers_there(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    from gligen_ref.checkpoint import load_checkpoint
+    from gligen_rt.core.errors import DataError
+
+    Run(_args("gligen", data, tmp_path / "g", init=base_folder, steps=2)).run()
+    donor = load_checkpoint(tmp_path / "g" / "model").model.state_dict()
+    run = Run(
+        _args(
+            "gligen", data, tmp_path / "w", init=base_folder, steps=1, grounding_from=tmp_path / "g" / "model"
+        )
+    )
+    assert run.continues_grounding  # the donor's tokenizer is kept, not re-initialised
+    own = run.model.state_dict()
+    grounding = [k for k in donor if ".fuser." in k or k.startswith("position_net.")]
+    assert grounding and all(torch.equal(donor[k].float(), own[k]) for k in grounding)
+    base = load_checkpoint(base_folder).model.state_dict()
+    assert all(
+        torch.equal(base[k], own[k])
+        for k in base
+        if k.startswith(("unet.", "text_encoder.")) and k not in grounding
+    )
+    with pytest.raises(DataError, match="a base, not a GLIGEN model"):
+        Run(_args("gligen", data, tmp_path / "x", init=base_folder, steps=1, grounding_from=base_folder))
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
 def test_resume_is_bit_exact(data: Path, tmp_path: Path, base_folder: Path) -> None:
     straight = Run(_args("gligen", data, tmp_path / "a", init=base_folder, steps=4))
     straight.run()

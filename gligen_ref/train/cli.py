@@ -84,6 +84,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "fall through the grounded attention first",
             )
             t.add_argument(
+                "--grounding-from",
+                type=Path,
+                default=None,
+                help="start the fusers and grounding tokenizer from this GLIGEN model's (RUN/model, same "
+                "architecture), e.g. one trained on an earlier version of the --init base",
+            )
+            t.add_argument(
                 "--high-noise",
                 type=float,
                 default=0.0,
@@ -137,6 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "gate_lr_scale": args.gate_lr_scale,
                 "high_noise": args.high_noise,
                 "dense_after": args.dense_after,
+                "grounding_from": args.grounding_from,
                 "drop_caption": args.drop_caption,
                 "drop_grounding": args.drop_grounding,
             }

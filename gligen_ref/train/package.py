@@ -62,6 +62,8 @@ def _command(stage: str, run: dict) -> str:
     parts = [f"gligen-rt train {stage} --data {a['data']} --out {a['out']}"]
     if a.get("init"):
         parts.append(f"--init {a['init']}")
+    if a.get("grounding_from"):
+        parts.append(f"--grounding-from {a['grounding_from']}")
     parts.append(f"--steps {a['steps']} --batch {a['batch']} --lr {a['lr']:g} --warmup {a['warmup']}")
     parts.append(f"--save-every {a['save_every']} --seed {a['seed']}")
     defaults = {

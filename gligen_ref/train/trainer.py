@@ -76,6 +76,7 @@ class TrainArgs:
     gate_lr_scale: float = 1.0  # gligen stage: learning-rate factor of the fusers' tanh gates
     dense_after: int = 0  # gligen stage: the fusers' feed-forward gates stay 0 for this many steps
     high_noise: float = 0.0  # gligen stage: share of samples whose timestep is drawn from the upper half
+    grounding_from: Path | None = None  # gligen stage: fusers + grounding tokenizer start from this model
     crop: int = 64  # vae stage: random crops of this side (the VAE is convolutional)
     limit: int | None = None  # use the first N samples of the folder
     resume: bool = False
@@ -264,6 +265,10 @@ class Run:
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise DataError("--device cuda: no CUDA device is visible to torch; use --device cpu")
         self.model, self.tokenizer = initial_model(args)
+        if args.grounding_from is not None:
+            if args.stage != "gligen":
+                raise DataError("--grounding-from belongs to the gligen stage")
+            copy_grounding(args.grounding_from, self.model)
         # A base (every fuser gate at 0) gets a fresh grounding tokenizer; an --init that already
         # grounds (a gate opened by an earlier gligen run) is trained further as it is, since its
         # fusers were learned against that tokenizer.
@@ -573,6 +578,25 @@ class Run:
 def grounding_is_trained(model: GLIGENModel) -> bool:
     """Whether any fuser's gate is open, i.e. the model already grounds (GLIGEN's gates start at 0)."""
     return any(float(f.alpha_attn) != 0 or float(f.alpha_dense) != 0 for f in model.fusers())
+
+
+@torch.no_grad()
+def copy_grounding(source: Path, model: GLIGENModel) -> None:
+    """Fusers and grounding tokenizer of the GLIGEN model in ``source`` (a diffusers folder of the same
+    architecture whose gates are open) copied into ``model``; the base stays ``model``'s own."""
+    from gligen_ref.checkpoint import load_checkpoint
+
+    donor = load_checkpoint(source).model
+    if donor.config.key != model.config.key:
+        raise DataError(
+            f"--grounding-from {source}: a {donor.config.key} model, the base is {model.config.key}"
+        )
+    if not grounding_is_trained(donor):
+        raise DataError(f"--grounding-from {source}: its fuser gates are all 0 (a base, not a GLIGEN model)")
+    own = model.state_dict()
+    for k, v in donor.state_dict().items():
+        if ".fuser." in k or k.startswith("position_net."):
+            own[k].copy_(v.float())
 
 
 @torch.no_grad()
