@@ -16,7 +16,8 @@ with the requested box; an undetected object counts as a miss), ``mean_iou`` (0 
 the non-floor palette pixels inside it). Conditions: ``grounded``; ``grounding-off`` (the same
 model and request with every fuser gate 0, i.e. the frozen base alone: beta = 0); ``shuffled``
 (the boxes permuted between the objects of a layout, scored against the original boxes; layouts
-with a single object cannot be shuffled and are left out of this row).
+with a single object cannot be shuffled and are left out of this row). ``--guidance`` takes several
+scales for a sweep: one row per backend, condition and scale.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 from gligen_ref.train.scenes import COLOURS, FLOOR, Scene, iou, make_scene
 from gligen_rt.core.errors import BackendUnavailable, GligenError
 from gligen_rt.core.request import GenerationRequest, GroundedObject
+from gligen_rt.runtime.tiny import TRAINED_TINY_GUIDANCE
 
 MAX_DISTANCE = 90.0  # RGB distance within which a pixel counts as a palette colour
 MIN_PIXELS = 12  # smallest component that counts as a detection
@@ -121,7 +123,9 @@ def shuffled_boxes(scene: Scene, index: int) -> tuple[tuple[float, ...], ...]:
     return tuple(boxes[1:] + boxes[:1])
 
 
-def request_for(scene: Scene, condition: str, index: int, args: argparse.Namespace) -> GenerationRequest:
+def request_for(
+    scene: Scene, condition: str, index: int, args: argparse.Namespace, guidance: float
+) -> GenerationRequest:
     boxes = [o.box for o in scene.objects]
     if condition == "shuffled":
         boxes = list(shuffled_boxes(scene, index))
@@ -133,7 +137,7 @@ def request_for(scene: Scene, condition: str, index: int, args: argparse.Namespa
         objects=objects,
         seed=args.seed + index,
         steps=args.steps,
-        guidance=args.guidance,
+        guidance=guidance,
         sampler=args.sampler,
         beta=0.0 if condition == "grounding-off" else args.beta,
     )
@@ -192,27 +196,31 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
             continue
         try:
             for condition in args.conditions:
-                tic = time.perf_counter()
-                scores: list[ObjectScore] = []
-                images = []
-                for i, scene in enumerate(scenes):
-                    if condition == "shuffled" and len(scene.objects) < 2:
-                        continue
-                    image = generate(request_for(scene, condition, i, args))
-                    scores += score(image, scene)
-                    if len(images) < args.grid:
-                        images.append((image, scene, request_for(scene, condition, i, args)))
-                row = {
-                    "backend": name,
-                    "available": True,
-                    "condition": condition,
-                    "layouts": sum(1 for s in scenes if condition != "shuffled" or len(s.objects) >= 2),
-                    **summarise(scores),
-                    "seconds": round(time.perf_counter() - tic, 1),
-                }
-                print(json.dumps(row), flush=True)
-                results.append(row)
-                save_grid(images, out / f"grid_{name}_{condition}.png")
+                for guidance in args.guidance:
+                    tic = time.perf_counter()
+                    scores: list[ObjectScore] = []
+                    images = []
+                    for i, scene in enumerate(scenes):
+                        if condition == "shuffled" and len(scene.objects) < 2:
+                            continue
+                        request = request_for(scene, condition, i, args, guidance)
+                        image = generate(request)
+                        scores += score(image, scene)
+                        if len(images) < args.grid:
+                            images.append((image, scene, request))
+                    row = {
+                        "backend": name,
+                        "available": True,
+                        "condition": condition,
+                        "guidance": guidance,
+                        "layouts": sum(1 for s in scenes if condition != "shuffled" or len(s.objects) >= 2),
+                        **summarise(scores),
+                        "seconds": round(time.perf_counter() - tic, 1),
+                    }
+                    print(json.dumps(row), flush=True)
+                    results.append(row)
+                    sweep = f"_g{guidance:g}" if len(args.guidance) > 1 else ""
+                    save_grid(images, out / f"grid_{name}_{condition}{sweep}.png")
         finally:
             close()
     record = {
@@ -231,16 +239,16 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| backend | condition | layouts | objects | AP50 | mean IoU | colour acc | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | condition | guidance | layouts | objects | AP50 | mean IoU | colour acc | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if not r["available"]:
-            lines.append(f"| {r['backend']} | unavailable: {r['reason']} | | | | | | |")
+            lines.append(f"| {r['backend']} | unavailable: {r['reason']} | | | | | | | |")
             continue
         lines.append(
-            f"| {r['backend']} | {r['condition']} | {r['layouts']} | {r['objects']} | {r['ap50']:.3f} | "
-            f"{r['mean_iou']:.3f} | {r['colour_acc']:.3f} | {r['seconds']} |"
+            f"| {r['backend']} | {r['condition']} | {r['guidance']:g} | {r['layouts']} | {r['objects']} | "
+            f"{r['ap50']:.3f} | {r['mean_iou']:.3f} | {r['colour_acc']:.3f} | {r['seconds']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -282,7 +290,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layout-seed", type=int, default=EVAL_SEED)
     p.add_argument("--seed", type=int, default=0, help="noise seed of layout 0 (layout i: seed + i)")
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        default=[TRAINED_TINY_GUIDANCE],
+        help="classifier-free guidance scale(s); several make a sweep (default: the shipped tiny "
+        f"model's, {TRAINED_TINY_GUIDANCE:g})",
+    )
     p.add_argument("--sampler", default="plms", choices=["plms", "ddim", "dpmpp_2m", "euler"])
     p.add_argument("--beta", type=float, default=1.0, help="grounded fraction of the steps")
     p.add_argument("--threads", type=int, default=2)

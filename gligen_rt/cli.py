@@ -85,7 +85,9 @@ def _precheck(args: argparse.Namespace, request) -> list[str]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     check_sources(args)
-    request = request_from_args(args)
+    from gligen_rt.runtime.cli import model_guidance
+
+    request = request_from_args(args, guidance=model_guidance(args))
     if args.backend is None:  # ONNX Runtime where engines exist (a folder, the shipped tiny), else torch
         args.backend = "ort-cpu" if args.engines is not None or args.model == "tiny" else "torch"
     _precheck(args, request)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import re
@@ -78,7 +79,10 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None, help=f"noise seed (default: {d['seed']})")
     g.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {d['steps']})")
     g.add_argument(
-        "--guidance", type=float, default=None, help=f"classifier-free guidance (default: {d['guidance']})"
+        "--guidance",
+        type=float,
+        default=None,
+        help=f"classifier-free guidance (default: {d['guidance']}; with --model tiny, the one its card measured best)",
     )
     g.add_argument(
         "--sampler", choices=list(SAMPLERS), default=None, help=f"sampler (default: {d['sampler']})"
@@ -126,14 +130,19 @@ _SCALARS = (
 )
 
 
-def request_from_args(args: argparse.Namespace) -> GenerationRequest:
-    """Flags (and an optional JSON file) -> one GenerationRequest (validated later, against the model)."""
+def request_from_args(args: argparse.Namespace, guidance: float | None = None) -> GenerationRequest:
+    """Flags (and an optional JSON file) -> one GenerationRequest (validated later, against the model).
+
+    guidance: the model's own default scale, used where neither --guidance nor the JSON file gives one
+    (None: the request's default)."""
     from gligen_rt.core.request import request_from_json
 
     base = request_from_json(args.request) if args.request else None
     if base is None and args.prompt is None:
         raise RequestError('give --prompt "..." or --request FILE.json')
     changes: dict = {k: getattr(args, k) for k in _SCALARS if getattr(args, k) is not None}
+    if guidance is not None and "guidance" not in changes and not _json_has(args.request, "guidance"):
+        changes["guidance"] = guidance
     if args.alpha_type is not None:
         changes["alpha_type"] = floats(args.alpha_type, 3, "--alpha-type")
     if args.box or args.phrase or args.image:
@@ -157,6 +166,14 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     if base is None:
         return GenerationRequest(**changes)
     return dataclasses.replace(base, **changes)
+
+
+def _json_has(path: str | os.PathLike[str] | None, key: str) -> bool:
+    """Whether the request file (already parsed once, so valid JSON) sets ``key``."""
+    if not path:
+        return False
+    with open(path, encoding="utf-8") as f:
+        return key in json.load(f)
 
 
 def input_files(request: GenerationRequest, request_file: str | os.PathLike[str] | None) -> list[str]:

@@ -19,6 +19,16 @@ from gligen_rt.core.request import GenerationRequest
 log = logging.getLogger("gligen_rt")
 
 
+def model_guidance(args: argparse.Namespace) -> float | None:
+    """The guidance scale of a request that names none, where the model has its own (`--model tiny`,
+    without --engines: the shipped model's card value); None keeps the request's default."""
+    if getattr(args, "engines", None) is not None or getattr(args, "model", None) != "tiny":
+        return None
+    from .tiny import TRAINED_TINY_GUIDANCE
+
+    return TRAINED_TINY_GUIDANCE
+
+
 def open_pipeline(args: argparse.Namespace) -> Any:
     """The GligenPipeline that `--engines DIR | --model NAME [--modality M] [--inpaint]
     [--backend B] [--single-unet] [--cache-dir DIR]` name (shared by `generate` and `serve`).

@@ -52,11 +52,25 @@ def test_info_health_and_page(server) -> None:
     info = httpx.get(f"{server.url}/v1/info").json()
     assert info["modality"] == "text-box" and info["inpaint"] is False
     assert info["max_objects"] == 30 and "plms" in info["samplers"]
+    assert info["default_guidance"] == 7.5  # no model scale given: the request's default
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<canvas" in page.text
     assert httpx.get(f"{server.url}/static/app.js").status_code == 200
+
+
+def test_a_model_guidance_fills_requests_that_name_none(pipe) -> None:
+    """create_app(guidance=...) (`serve --model tiny`): the model's scale where the body gives none,
+    the body's where it does; /v1/info shows it for the page's field."""
+    body = {**BODY, "seed": 2}
+    with LiveServer(create_app(pipe, guidance=2.0)) as s:
+        assert httpx.get(f"{s.url}/v1/info").json()["default_guidance"] == 2.0
+        got = httpx.post(f"{s.url}/v1/generate", json=body, timeout=60).json()
+        assert got["request"]["guidance"] == 2.0
+        assert np.array_equal(decode_png(got["images"][0]), direct(pipe, {**body, "guidance": 2.0})[0])
+        named = httpx.post(f"{s.url}/v1/generate", json={**body, "guidance": 4}, timeout=60).json()
+        assert named["request"]["guidance"] == 4.0
 
 
 def test_generate_json_and_png_equal_a_direct_call(server, pipe) -> None:

@@ -18,7 +18,7 @@ from gligen_rt.benchmarks.grounding import detect
 from gligen_rt.cli import main
 from gligen_rt.core.request import GenerationRequest, GroundedObject
 from gligen_rt.runtime.pipeline import GligenPipeline
-from gligen_rt.runtime.tiny import trained_tiny_dir
+from gligen_rt.runtime.tiny import TRAINED_TINY_GUIDANCE, trained_tiny_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP_IN_COPY = (".git", ".venv", "build", "build-*", "dist", "*.egg-info", "__pycache__", ".*_cache")
@@ -33,7 +33,7 @@ def _request(box, beta: float = 1.0, seed: int = 0, steps: int = 20) -> Generati
         objects=(GroundedObject(box=box, phrase=PHRASE),),
         seed=seed,
         steps=steps,
-        guidance=5.0,
+        guidance=TRAINED_TINY_GUIDANCE,
         beta=beta,
     )
 
@@ -152,13 +152,13 @@ def test_moving_the_box_moves_the_object(pipe) -> None:
         got = ((found[0] + found[2]) / 2, (found[1] + found[3]) / 2)
         dist = [float(np.hypot(got[0] - c[0], got[1] - c[1])) for c in centres]
         assert int(np.argmin(dist)) == i and min(dist) < 0.2, (box, found)
-        assert _iou(found, box) >= 0.3, (box, found)
+        assert _iou(found, box) >= 0.6, (box, found)  # 0.89-0.92 measured at the card's guidance
 
 
 def test_grounding_off_loses_the_box(pipe) -> None:
     grounded = [_iou(detect(pipe(_request(b)).images[0], COLOUR), b) for b in BOXES]
     off = [_iou(detect(pipe(_request(b, beta=0.0)).images[0], COLOUR), b) for b in BOXES]
-    assert np.mean(grounded) >= 0.4
+    assert np.mean(grounded) >= 0.7
     assert np.mean(off) < 0.5 * np.mean(grounded)
 
 
@@ -192,3 +192,52 @@ def test_generate_tiny_in_a_fresh_venv_without_torch(tmp_path: Path) -> None:
     image = np.asarray(Image.open(out).convert("RGB"))
     assert image.shape == (128, 128, 3) and image.std() > 5  # a picture, not a flat field
     assert out.with_name(out.stem + "_overlay" + out.suffix).is_file()
+
+
+@pytest.mark.parametrize(
+    ("flags", "request_json", "expected"),
+    [
+        ([], None, TRAINED_TINY_GUIDANCE),
+        (["--guidance", "3"], None, 3.0),
+        ([], {"prompt": "a red circle", "guidance": 4}, 4.0),
+        ([], {"prompt": "a red circle"}, TRAINED_TINY_GUIDANCE),
+    ],
+    ids=["default", "flag", "json", "json-without"],
+)
+def test_model_tiny_defaults_to_its_own_guidance(
+    flags, request_json, expected, tmp_path: Path, caplog
+) -> None:
+    """`--model tiny` runs at the guidance its card measured best unless the flag or the request file
+    names one; every other model keeps the request's default."""
+    import json
+    import logging
+
+    argv = ["generate", "--model", "tiny", "--steps", "1", "--out", str(tmp_path / "x.png"), *flags]
+    if request_json is None:
+        argv += ["--prompt", "a red circle"]
+    else:
+        (tmp_path / "r.json").write_text(json.dumps(request_json), encoding="utf-8")
+        argv += ["--request", str(tmp_path / "r.json")]
+    with caplog.at_level(logging.INFO, logger="gligen_rt"):
+        assert main(argv) == 0
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("generate ("))
+    assert line.endswith(f"guidance {expected:g}"), line
+    assert TRAINED_TINY_GUIDANCE != GenerationRequest(prompt="x").guidance
+
+
+def test_eval_sweeps_guidance(tmp_path: Path) -> None:
+    """`gligen-rt eval --guidance 1 2`: one row per scale, each with its own grid."""
+    import json
+
+    out = tmp_path / "eval"
+    argv = ["eval", "--model", str(TINY / "model"), "--engines", str(TINY / "engines")]
+    argv += ["--backends", "ort-fp32", "--conditions", "grounded", "--n", "2", "--steps", "2"]
+    assert main([*argv, "--guidance", "1", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    assert [r["guidance"] for r in record["results"]] == [1.0, 2.0]
+    assert all(r["objects"] > 0 and 0.0 <= r["ap50"] <= 1.0 for r in record["results"])
+    assert (out / "grid_ort-fp32_grounded_g1.png").is_file() and (
+        out / "grid_ort-fp32_grounded_g2.png"
+    ).is_file()
+    table = (out / "table.md").read_text(encoding="utf-8").splitlines()
+    assert "| guidance |" in table[0] and table[2].split("|")[3].strip() == "1"

@@ -151,11 +151,18 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str | None = None) -> FastAPI:
+def create_app(
+    pipeline: Any,
+    limits: ServerLimits | None = None,
+    backend: str | None = None,
+    guidance: float | None = None,
+) -> FastAPI:
     """The app over `pipeline` (a loaded GligenPipeline, owned by the caller: closed by it).
 
     backend: the backend's name for /v1/info (default: the pipeline's backend's name).
+    guidance: the model's own scale for requests that name none (default: the request's default).
     """
+    defaults = {} if guidance is None else {"guidance": guidance}
     limits = limits or ServerLimits()
     runner = JobRunner(pipeline, limits.concurrency, limits.max_queue)
     metrics = Metrics(lambda: runner.waiting, lambda: runner.running)
@@ -206,7 +213,7 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
         work = Workdir(upload_root / f"gligen-serve-{uuid.uuid4().hex}")
         try:
             if ctype == "application/json":
-                req = parse_json(await request.body(), work)
+                req = parse_json(await request.body(), work, defaults=defaults)
             elif ctype == "multipart/form-data":
                 try:
                     form = await request.form(max_files=MAX_OBJECTS + 4, max_fields=8)
@@ -218,7 +225,7 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
                 for name, value in form.multi_items():
                     fields[name] = await value.read() if hasattr(value, "read") else value
                 await form.close()
-                req = parse_form(fields, work)
+                req = parse_form(fields, work, defaults)
             else:
                 raise HttpError(
                     415,
@@ -307,6 +314,7 @@ def create_app(pipeline: Any, limits: ServerLimits | None = None, backend: str |
             "backend": backend or getattr(pipeline.backend, "name", None),
             "engines": list(pipeline.engines),
             "default_size": cfg.default_size,
+            "default_guidance": defaults.get("guidance", GenerationRequest.guidance),
             "max_size": pipeline.max_size(),
             "size_multiple": 64,
             "samplers": list(SAMPLERS),

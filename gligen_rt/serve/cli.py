@@ -61,13 +61,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .app import create_app
     except ImportError as e:
         raise GligenError(f"serving needs {e.name}: pip install 'gligen-rt[serve]'") from None
-    from gligen_rt.runtime.cli import open_pipeline
+    from gligen_rt.runtime.cli import model_guidance, open_pipeline
 
     limits = limits_from_args(args)
     sock = bind(args.host, args.port)  # before loading engines: a busy port fails in a second
     try:
         with open_pipeline(args) as pipe:
-            app = create_app(pipe, limits, backend=args.backend)
+            app = create_app(pipe, limits, backend=args.backend, guidance=model_guidance(args))
             host, port = sock.getsockname()[:2]
             log.info(
                 "serving the %s %s model on %s at http://%s:%d/ (concurrency %d, queue %d)",

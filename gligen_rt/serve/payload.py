@@ -155,8 +155,15 @@ def _replace_images(d: dict[str, Any], files: Mapping[str, bytes], work: Workdir
     return d
 
 
-def parse_json(body: bytes, work: Workdir, files: Mapping[str, bytes] | None = None) -> GenerationRequest:
-    """A JSON request body (+ multipart file parts) -> GenerationRequest (not yet validated against a model)."""
+def parse_json(
+    body: bytes,
+    work: Workdir,
+    files: Mapping[str, bytes] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> GenerationRequest:
+    """A JSON request body (+ multipart file parts) -> GenerationRequest (not yet validated against a model).
+
+    defaults: the served model's own values for keys the body leaves out (its guidance scale)."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -173,7 +180,7 @@ def parse_json(body: bytes, work: Workdir, files: Mapping[str, bytes] | None = N
         raise HttpError(
             422, f'the request body must be a JSON object {{"prompt": ...}}, got {type(data).__name__}'
         )
-    data = _replace_images(data, files or {}, work)
+    data = _replace_images({**(defaults or {}), **data}, files or {}, work)
     try:
         return request_from_json(data)
     except HttpError:
@@ -182,10 +189,12 @@ def parse_json(body: bytes, work: Workdir, files: Mapping[str, bytes] | None = N
         raise HttpError(422, str(e)) from None
 
 
-def parse_form(fields: Mapping[str, Any], work: Workdir) -> GenerationRequest:
+def parse_form(
+    fields: Mapping[str, Any], work: Workdir, defaults: Mapping[str, Any] | None = None
+) -> GenerationRequest:
     """multipart/form-data: `request` (JSON text) and image file parts -> GenerationRequest.
 
-    fields: {name: str | bytes}; bytes for file parts.
+    fields: {name: str | bytes}; bytes for file parts. defaults: as for `parse_json`.
     """
     allowed = ("request", *IMAGE_KEYS)
     for name in fields:
@@ -202,4 +211,4 @@ def parse_form(fields: Mapping[str, Any], work: Workdir) -> GenerationRequest:
     for k, v in files.items():
         if not isinstance(v, bytes):
             raise HttpError(422, f"form field {k!r} must be a file part (the image's bytes)")
-    return parse_json(body, work, files)
+    return parse_json(body, work, files, defaults)

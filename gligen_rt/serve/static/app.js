@@ -32,6 +32,7 @@ async function loadInfo() {
   const sampler = $("sampler");
   sampler.innerHTML = "";
   for (const s of info.samplers) sampler.append(new Option(s, s));
+  $("guidance").value = info.default_guidance; // the model's own scale (the shipped tiny model's is low)
   const spatial = ["hed", "canny", "depth", "normal", "sem"].includes(info.modality);
   const box = ["text-box", "text-image-box"].includes(info.modality);
   for (const el of document.querySelectorAll(".modality-spatial")) el.hidden = !spatial;
