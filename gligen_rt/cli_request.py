@@ -50,6 +50,8 @@ def keypoints(text: str) -> Person:
 def add_request_args(p: argparse.ArgumentParser) -> None:
     """The request flags of `generate` (every backend). Unset flags keep the JSON file's value, else
     the request's default (shown in --help)."""
+    from gligen_rt.runtime.tiny import TRAINED_TINY_GUIDANCE
+
     d = _DEFAULTS
     g = p.add_argument_group("request (flags override --request's fields)")
     g.add_argument("--request", type=Path, help="JSON request file (any modality; see README)")
@@ -82,7 +84,8 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         default=None,
-        help=f"classifier-free guidance (default: {d['guidance']}; with --model tiny, the one its card measured best)",
+        help=f"classifier-free guidance (default: {d['guidance']}); --model tiny: {TRAINED_TINY_GUIDANCE:g}, "
+        "the scale its card measured best",
     )
     g.add_argument(
         "--sampler", choices=list(SAMPLERS), default=None, help=f"sampler (default: {d['sampler']})"
