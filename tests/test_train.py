@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,32 @@ def test_grounding_from_another_model_starts_the_fusers_there(
     with pytest.raises(DataError, match="a base, not a GLIGEN model"):
         Run(_args("gligen", data, tmp_path / "x", init=base_folder, steps=1, grounding_from=base_folder))
     assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_fuser_init_block_copies_each_blocks_attention_and_keeps_the_output(
+    data: Path, tmp_path: Path, base_folder: Path
+) -> None:
+    from gligen_ref.model import transformer_blocks
+
+    run = Run(_args("gligen", data, tmp_path / "b", init=base_folder, steps=1, fuser_init="block"))
+    blocks = transformer_blocks(run.model.unet)
+    for block in blocks:
+        f = block.fuser
+        for mine, theirs in (
+            (f.attn, block.attn1),
+            (f.ff, block.ff),
+            (f.norm1, block.norm1),
+            (f.norm2, block.norm3),
+        ):
+            ours = mine.state_dict()
+            assert all(torch.equal(v, theirs.state_dict()[k]) for k, v in ours.items())
+        assert float(f.alpha_attn) == 0.0 and float(f.alpha_dense) == 0.0  # the base's output is unchanged
+    fresh = Run(_args("gligen", data, tmp_path / "f", init=base_folder, steps=1))
+    assert not torch.equal(
+        transformer_blocks(fresh.model.unet)[0].fuser.attn.to_q.weight, blocks[0].attn1.to_q.weight
+    )
+    run.run()  # and it trains
+    assert math.isfinite(run.losses[-1])
 
 
 def test_resume_is_bit_exact(data: Path, tmp_path: Path, base_folder: Path) -> None:

@@ -91,6 +91,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                 "architecture), e.g. one trained on an earlier version of the --init base",
             )
             t.add_argument(
+                "--fuser-init",
+                choices=["fresh", "block"],
+                default="fresh",
+                help="fresh: the fusers' attention and feed-forward start from PyTorch's init; block: each "
+                "starts as a copy of its transformer block's own self-attention and feed-forward (the gates "
+                "still start at 0, so the model's output is unchanged)",
+            )
+            t.add_argument(
                 "--high-noise",
                 type=float,
                 default=0.0,
@@ -145,6 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "high_noise": args.high_noise,
                 "dense_after": args.dense_after,
                 "grounding_from": args.grounding_from,
+                "fuser_init": args.fuser_init,
                 "drop_caption": args.drop_caption,
                 "drop_grounding": args.drop_grounding,
             }

@@ -77,6 +77,9 @@ class TrainArgs:
     dense_after: int = 0  # gligen stage: the fusers' feed-forward gates stay 0 for this many steps
     high_noise: float = 0.0  # gligen stage: share of samples whose timestep is drawn from the upper half
     grounding_from: Path | None = None  # gligen stage: fusers + grounding tokenizer start from this model
+    fuser_init: str = (
+        "fresh"  # gligen stage, new fusers: "fresh" or "block" (copies of each block's attn1/ff)
+    )
     crop: int = 64  # vae stage: random crops of this side (the VAE is convolutional)
     limit: int | None = None  # use the first N samples of the folder
     resume: bool = False
@@ -278,8 +281,12 @@ class Run:
         self.reset_grounding = args.stage == "base" and grounding_is_trained(self.model)
         if self.reset_grounding:
             reset_grounding(self.model, args.seed)
+        if args.fuser_init not in ("fresh", "block"):
+            raise DataError(f"--fuser-init {args.fuser_init!r}: choose fresh or block")
         if args.stage == "gligen" and not self.continues_grounding:
             init_grounding_tokenizer(self.model, args.seed)
+            if args.fuser_init == "block":
+                init_fusers_from_blocks(self.model)
         self.config: ModelConfig = self.model.config
         # Validate every input before anything is written.
         self.folder = read_folder(args.data, size=self.config.default_size, limit=args.limit)
@@ -625,6 +632,29 @@ def init_grounding_tokenizer(model: GLIGENModel, seed: int) -> None:
     for name, p in model.position_net.named_parameters():
         if name.startswith("null_"):
             p.zero_()
+
+
+@torch.no_grad()
+def init_fusers_from_blocks(model: GLIGENModel) -> None:
+    """Each fuser's attention, feed-forward and norms start as copies of its own transformer block's
+    self-attention (attn1, norm1) and feed-forward (ff, norm3); the gates stay 0, so the output is
+    unchanged. The visual tokens' queries and keys then begin as the frozen UNet's, which already
+    tell places apart, and the grounding tokens only have to learn keys that match them."""
+    from gligen_ref.model import transformer_blocks
+
+    for block in transformer_blocks(model.unet):
+        fuser = block.fuser
+        for dst, src in (
+            (fuser.attn, block.attn1),
+            (fuser.ff, block.ff),
+            (fuser.norm1, block.norm1),
+            (fuser.norm2, block.norm3),
+        ):
+            theirs = src.state_dict()
+            for k, v in dst.state_dict().items():
+                if k not in theirs or theirs[k].shape != v.shape:
+                    raise DataError(f"--fuser-init block: the fuser's {k} has no counterpart in its block")
+                v.copy_(theirs[k])
 
 
 @torch.no_grad()
