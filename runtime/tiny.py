@@ -14,9 +14,11 @@ once, into a temporary folder renamed into place, so a reader never sees half a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from gligen_rt.core.errors import BackendUnavailable
@@ -106,6 +108,34 @@ def tiny_engines(
     final = root / tiny_key(modality, inpaint, precision, seed, plain)
     if (final / FOLDER_MANIFEST).is_file():
         return final
+    # Several processes may ask for the same folder at once (test workers, servers starting
+    # together): one exports, the others wait for it and then find the folder in place.
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / f".{final.name}.lock"):
+        if (final / FOLDER_MANIFEST).is_file():
+            return final
+        return _export_tiny(modality, inpaint, precision, seed, plain, final)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory lock on ``lock_path`` across processes (POSIX flock; elsewhere none is taken)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent first exports may both run; the rename keeps a whole folder
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _export_tiny(
+    modality: Modality | str, inpaint: bool, precision: str, seed: int, plain: bool, final: Path
+) -> Path:
     try:
         from gligen_rt.export.api import export_engines
     except ImportError as e:

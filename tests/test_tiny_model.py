@@ -241,3 +241,39 @@ def test_eval_sweeps_guidance(tmp_path: Path) -> None:
     ).is_file()
     table = (out / "table.md").read_text(encoding="utf-8").splitlines()
     assert "| guidance |" in table[0] and table[2].split("|")[3].strip() == "1"
+
+
+def test_concurrent_first_exports_wait_for_one_another(tmp_path: Path) -> None:
+    """Two processes asking for the same tiny-random folder at once (test workers, servers starting
+    together): the second waits on the first's lock, then finds the folder in place."""
+    import threading
+
+    from gligen_rt.runtime.tiny import _exclusive
+
+    lock = tmp_path / ".folder.lock"
+    order: list[str] = []
+    first_has_it = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with _exclusive(lock):
+            order.append("first in")
+            first_has_it.set()
+            release.wait(5)
+            order.append("first out")
+
+    def second() -> None:
+        first_has_it.wait(5)
+        with _exclusive(lock):
+            order.append("second in")
+
+    a, b = threading.Thread(target=first), threading.Thread(target=second)
+    a.start()
+    b.start()
+    first_has_it.wait(5)
+    b.join(0.3)
+    assert b.is_alive() and order == ["first in"]  # blocked while the first holds the lock
+    release.set()
+    a.join(5)
+    b.join(5)
+    assert order == ["first in", "first out", "second in"]
