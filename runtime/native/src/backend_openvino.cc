@@ -1,7 +1,8 @@
 // OpenVINO on the CPU through its C++ API (runtime/backend_openvino.py): the exported ONNX graphs
 // compiled with precision hint f32 or bf16 and the latency hint, exactly the Python backend's
 // properties, so both runtimes run the same compiled kernels. An InferRequest is not thread-safe:
-// each engine keeps a pool of free requests.
+// each engine keeps a pool of free requests. While a graph compiles, this process's resident pages
+// of its mapped weight file are dropped (pages.h), so its weights are resident once, not twice.
 #include <mutex>
 #include <set>
 
@@ -9,6 +10,7 @@
 
 #include "backend.h"
 #include "error.h"
+#include "pages.h"
 
 namespace gligen {
 
@@ -39,7 +41,9 @@ class OpenVinoBackend : public Backend {
                            {ov::hint::performance_mode.name(), ov::hint::PerformanceMode::LATENCY}};
       if (threads_ > 0) config[ov::inference_num_threads.name()] = threads_;
       try {
-        e->compiled = core_.compile_model(folder.onnx_path(name), "CPU", config);
+        const std::string graph = folder.onnx_path(name);
+        MappedPagesDropped dropped({graph, graph + ".data"});
+        e->compiled = core_.compile_model(graph, "CPU", config);
       } catch (const std::exception& ex) {
         throw EngineError("OpenVINO cannot compile " + folder.onnx_path(name) + " (" + first_line(ex.what()) +
                           "): re-export it");

@@ -7,12 +7,15 @@ DPM-Solver++(2M), Euler) on a fixed eps function; scheduled-sampling gates; imag
 (CLIP bicubic, condition maps incl. sem one-hot, Lanczos inpainting image, inpainting mask) on
 odd-sized images; engine-spec fingerprints of every tiny and sd14 model. Request validation:
 the same accept / reject decision as gligen_rt.core.request on a set of good and bad requests.
+Linux: drop_mapped_pages (the OpenVINO backend's, engines/openvino.py's port) empties a shared
+read-only mapping of a file, leaves a private one alone, and the bytes read back are the same.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -192,6 +195,14 @@ def main() -> int:
                 expect.append(False)
             checks.append(f"request {d} on {modality}{' inpaint' if inpaint else ''}")
 
+        if sys.platform.startswith("linux"):  # dropping mapped weight pages (OpenVINO backend)
+            mapped = os.path.realpath(os.path.join(tmp, "weights.bin"))
+            with open(mapped, "wb") as f:
+                f.write(np.random.default_rng(5).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes())
+            cmds.append({"cmd": "pages", "path": mapped})
+            expect.append(None)
+            checks.append("drop_mapped_pages on a 1 MiB file mapped shared and private")
+
         proc = subprocess.run([args.unit], input=json.dumps(cmds), capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stderr)
@@ -210,6 +221,15 @@ def main() -> int:
             same = tuple(g["shape"]) == e.shape and np.array_equal(np.float32(g["data"]), e.ravel())
         elif c["cmd"] == "request":
             same = g["ok"] == e
+        elif c["cmd"] == "pages":  # both mappings resident, then the shared one's pages gone, same bytes
+            n = g["size"]
+            same = (
+                g["rss_before"] >= 2 * n * 0.9
+                and g["rss_after"] <= n
+                and g["advised"] >= n
+                and g["same_bytes"]
+                and g["private_kept"]
+            )
         else:
             same = g == e
         if not same:

@@ -1,12 +1,22 @@
 // Host-side pieces of the native runtime, driven by tests/host_parity.py: one JSON command on
 // stdin, one JSON answer on stdout, compared there with the Python modules they port.
+#include <fstream>
 #include <iostream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#ifdef __linux__
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cctype>
+#endif
+
 #include "error.h"
 #include "grounding.h"
+#include "pages.h"
 #include "request.h"
 #include "schedule.h"
 #include "schedulers.h"
@@ -78,6 +88,54 @@ json request(const json& in) {
     return {{"ok", false}, {"error", e.what()}};
   }
 }
+#ifdef __linux__
+// Rss of this process's mappings of `path` (kB lines of /proc/self/smaps, in bytes).
+std::size_t mapping_rss(const std::string& path) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  std::size_t rss = 0;
+  while (std::getline(smaps, line)) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) && line.find('-') < 17) {
+      ours = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
+    } else if (ours && line.rfind("Rss:", 0) == 0) {
+      rss += std::stoull(line.substr(4)) * 1024;
+    }
+  }
+  return rss;
+}
+
+// Maps `path` read-only shared and copy-on-write private, reads every byte of both, drops the file's
+// mapped pages: the shared mapping's pages go, the private one's stay, the bytes read again are the same.
+json pages(const json& in) {
+  const std::string path = in.at("path");
+  const int fd = open(path.c_str(), O_RDONLY);
+  if (fd < 0) throw std::invalid_argument("cannot open " + path);
+  const auto size = static_cast<std::size_t>(lseek(fd, 0, SEEK_END));
+  auto* shared = static_cast<const unsigned char*>(mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0));
+  auto* priv = static_cast<unsigned char*>(mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0));
+  close(fd);
+  if (shared == MAP_FAILED || priv == MAP_FAILED) throw std::invalid_argument("cannot map " + path);
+  auto sum = [size](const unsigned char* p) {
+    unsigned long long s = 0;
+    for (std::size_t i = 0; i < size; ++i) s = s * 31 + p[i];
+    return s;
+  };
+  const auto before_sum = sum(shared);
+  priv[0] = static_cast<unsigned char>(priv[0] + 1);  // a written private page must survive the drop
+  volatile unsigned long long private_sum = sum(priv);  // read every private page (kept by volatile)
+  (void)private_sum;
+  const auto rss_before = mapping_rss(path);
+  const auto advised = drop_mapped_pages({path});
+  const auto rss_after = mapping_rss(path);
+  const bool same = sum(shared) == before_sum;
+  const bool private_kept = priv[0] == static_cast<unsigned char>(shared[0] + 1);
+  munmap(const_cast<unsigned char*>(shared), size);
+  munmap(priv, size);
+  return {{"size", size}, {"rss_before", rss_before}, {"rss_after", rss_after}, {"advised", advised},
+          {"same_bytes", same}, {"private_kept", private_kept}};
+}
+#endif
 }  // namespace
 
 int main() {
@@ -92,6 +150,9 @@ int main() {
       else if (what == "image") out.push_back(image(cmd));
       else if (what == "specs") out.push_back(specs(cmd));
       else if (what == "request") out.push_back(request(cmd));
+#ifdef __linux__
+      else if (what == "pages") out.push_back(pages(cmd));
+#endif
       else throw std::invalid_argument("unknown command " + what);
     }
   } catch (const std::exception& e) {
