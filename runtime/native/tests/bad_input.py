@@ -21,7 +21,7 @@ from pathlib import Path
 def folder(modality: str) -> Path:
     from gligen_rt.runtime.tiny import tiny_engines
 
-    return tiny_engines(modality)
+    return tiny_engines(modality, plain=modality == "text-box")  # the folders parity.py uses
 
 
 def main() -> int:

@@ -44,6 +44,12 @@ def modality_of(case: str) -> str:
     return "text-box" if case in ("samplers", "tiny") else case.removeprefix("inpaint-")
 
 
+# Cases whose folder also holds unet_plain (gate-0 steps on the plain UNet); the others are
+# single-UNet folders (gate-0 steps on `unet` with gate 0). Both loop paths are covered, and each
+# folder is one the Python suite exports too (one cache, exported once in CI).
+TWO_UNET_CASES = ("text-box", "hed", "inpaint-text-box", "samplers")
+
+
 def folder_of(case: str) -> Path:
     from gligen_rt.runtime.tiny import tiny_engines, trained_tiny_dir
 
@@ -51,7 +57,7 @@ def folder_of(case: str) -> Path:
         return trained_tiny_dir() / "engines"
     inpaint = case.startswith("inpaint-")
     modality = modality_of(case)
-    return tiny_engines(modality, inpaint)
+    return tiny_engines(modality, inpaint, plain=case in TWO_UNET_CASES)
 
 
 def _png(path: Path, array: np.ndarray) -> str:
