@@ -9,9 +9,12 @@
 // "error: ..." on stderr and exits 2 with no file written; anything else exits 1.
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "gligen_rt.hpp"
 
@@ -29,6 +32,10 @@ int fail(const std::string& message, int code = 2) {
 }
 
 struct UsageError {
+  std::string message;
+};
+
+struct OutputError {  // the output cannot be written: one line, exit 2, before any engine loads
   std::string message;
 };
 
@@ -63,7 +70,13 @@ int generate(const std::vector<std::string>& args) {
   }
   if (engines.empty() || request.empty() || out.empty())
     throw UsageError{"generate needs --engines DIR, --request FILE.json and --out OUT.png"};
-  gligen_rt::check(gligen_rt_check_request_file(request.c_str()));  // cheap: before any engine loads
+  // Cheap, before any engine loads (compiling an SD-size folder takes tens of seconds): the request
+  // against the folder's manifests, and the output's folder.
+  gligen_rt::check(gligen_rt_check_request(engines.c_str(), request.c_str()));
+  const std::filesystem::path out_dir = std::filesystem::absolute(out).parent_path();
+  if (!std::filesystem::is_directory(out_dir) || access(out_dir.c_str(), W_OK) != 0)
+    throw OutputError{"cannot write '" + out + "' (" + out_dir.string() +
+                      " is not a writable folder): choose an existing, writable folder"};
   gligen_rt::Pipeline pipe(engines, backend, threads);
   for (int r = 0; r < repeat; ++r) {
     gligen_rt::Images im = pipe.generate_file(request, out);
@@ -97,6 +110,8 @@ int main(int argc, char** argv) {
     throw UsageError{"unknown command '" + cmd + "': use generate, inspect or backends"};
   } catch (const UsageError& e) {
     return fail(e.message + " (see gligen-rt-native --help)");
+  } catch (const OutputError& e) {
+    return fail(e.message);
   } catch (const gligen_rt::Error& e) {
     return fail(e.what(), e.status() == GLIGEN_RT_ERROR_INTERNAL ? 1 : 2);
   } catch (const std::exception& e) {

@@ -60,6 +60,9 @@ gligen_rt_status gligen_rt_generate_file(gligen_rt_pipeline* pipeline, const cha
                                          gligen_rt_images* out);
 /* Parse a request JSON file without a model (syntax, keys, types): a quick check before open. */
 gligen_rt_status gligen_rt_check_request_file(const char* request_path);
+/* Parse a request JSON file and check it against an engine folder's manifests (model, modality,
+ * size envelope, batch) without loading any engine: the check generate makes, in milliseconds. */
+gligen_rt_status gligen_rt_check_request(const char* engine_dir, const char* request_path);
 void gligen_rt_images_free(gligen_rt_images* images);
 
 /* What an engine folder holds, as printable lines (no engine is loaded); free with gligen_rt_free. */

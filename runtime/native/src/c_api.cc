@@ -149,6 +149,16 @@ gligen_rt_status gligen_rt_check_request_file(const char* request_path) {
   });
 }
 
+gligen_rt_status gligen_rt_check_request(const char* engine_dir, const char* request_path) {
+  return guarded([&] {
+    require(engine_dir, "engine_dir");
+    require(request_path, "request_path");
+    const auto request = gligen::request_from_file(request_path);
+    const auto folder = gligen::EngineFolder::open(engine_dir, /*check_sha256=*/false);
+    gligen::check_request(folder.config, folder.specs, request);
+  });
+}
+
 void gligen_rt_images_free(gligen_rt_images* images) {
   if (!images) return;
   std::free(images->rgb);

@@ -127,17 +127,17 @@ Pipeline::Pipeline(const std::string& engine_dir, const std::string& backend, co
 
 Pipeline::~Pipeline() = default;
 
-int Pipeline::max_size() const {
+int max_size(const std::map<std::string, EngineSpec>& specs) {
   int m = 1 << 30;
-  for (const auto& [name, spec] : backend_->specs)
+  for (const auto& [name, spec] : specs)
     for (const auto* r : {&spec.envelope.height, &spec.envelope.width})
       if (*r) m = std::min(m, (**r)[2]);
   return m;
 }
 
-std::pair<int, int> Pipeline::check_request(const GenerationRequest& r) const {
-  const ModelConfig& cfg = folder_.config;
-  validate(r, cfg.modality, cfg.inpaint, max_size(), kSizeMultiple);
+std::pair<int, int> check_request(const ModelConfig& cfg, const std::map<std::string, EngineSpec>& specs,
+                                  const GenerationRequest& r) {
+  validate(r, cfg.modality, cfg.inpaint, max_size(specs), kSizeMultiple);
   const int H = static_cast<int>(r.height.value_or(cfg.default_size));
   const int W = static_cast<int>(r.width.value_or(cfg.default_size));
   const int n = static_cast<int>(r.num_images);
@@ -150,9 +150,15 @@ std::pair<int, int> Pipeline::check_request(const GenerationRequest& r) const {
   const std::map<std::string, int> batches = {{kTextEncoder, 2 + n_phr}, {kImageEncoder, n_img}, {kGrounding, 2 * n},
                                               {kUnet, unet_batch},       {kUnetPlain, unet_batch}, {kVaeDecoder, n},
                                               {kVaeEncoder, 1}};
-  for (const auto& [name, spec] : backend_->specs)
+  for (const auto& [name, spec] : specs)
     if (batches.at(name) > 0) concrete_shapes(spec, batches.at(name), H, W);
   return {H, W};
+}
+
+int Pipeline::max_size() const { return gligen::max_size(backend_->specs); }
+
+std::pair<int, int> Pipeline::check_request(const GenerationRequest& r) const {
+  return gligen::check_request(folder_.config, backend_->specs, r);
 }
 
 GenerationResult Pipeline::generate(const GenerationRequest& r) {

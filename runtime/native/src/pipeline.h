@@ -33,6 +33,13 @@ struct GenerationResult {
   std::vector<double> step_times;    // seconds of every denoising step
 };
 
+// The request checked against a model and the specs of the engines that will run it (envelopes,
+// batch): what Pipeline::check_request does, without a loaded engine. (height, width).
+std::pair<int, int> check_request(const ModelConfig& config, const std::map<std::string, EngineSpec>& specs,
+                                  const GenerationRequest& request);
+// The largest height / width every spec's envelope admits.
+int max_size(const std::map<std::string, EngineSpec>& specs);
+
 class Pipeline {
  public:
   Pipeline(const std::string& engine_dir, const std::string& backend, const PipelineOptions& options = {});

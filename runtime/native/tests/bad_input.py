@@ -4,7 +4,8 @@
 
 Cases: missing engine folder, an engine folder whose engine was exported from another model, a
 request for another model, box outside [0, 1], malformed JSON, unreadable image, size outside
-the envelope, missing request file, unknown backend, unwritable output folder.
+the envelope, missing request file, unknown backend, unwritable output folder; the request and the
+output folder are checked before any engine loads.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def main() -> int:
         unet["model_config"] = kp["model_config"]
         (mixed / "unet.json").write_text(json.dumps(unet))
         (work / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really a png")
+
+        # a folder whose UNet graph is garbage: a run that loaded its engines would fail on that, so
+        # an error about the request or the output shows it was checked before any engine loads
+        broken = work / "broken"
+        shutil.copytree(text_box, broken)
+        size = (broken / "unet.onnx").stat().st_size  # same size: only its sha256 and OpenVINO can tell
+        (broken / "unet.onnx").write_bytes(b"\0" * size)
 
         out_dir = work / "out"
         out_dir.mkdir()
@@ -107,7 +115,26 @@ def main() -> int:
                 "openvino",
                 work / "no" / "dir" / "k.png",
             ),
+            (
+                "size outside the envelope, checked before loading",
+                broken,
+                request("r11.json", {**good, "height": 1024}),
+                "openvino",
+                out_dir / "l.png",
+            ),
+            (
+                "unwritable output folder, checked before loading",
+                broken,
+                request("r12.json", good),
+                "openvino",
+                work / "no" / "dir" / "m.png",
+            ),
         ]
+        # what the one line must name, where the case is about the order of the checks
+        expect = {
+            "size outside the envelope, checked before loading": "1024",
+            "unwritable output folder, checked before loading": "cannot write",
+        }
         for name, engines, req, backend, out in cases:
             cmd = [args.cli, "generate", "--engines", str(engines), "--request", str(req), "--out", str(out)]
             proc = subprocess.run([*cmd, "--backend", backend], capture_output=True, text=True)
@@ -119,6 +146,7 @@ def main() -> int:
                 and lines[0].startswith("error: ")
                 and not out.exists()
                 and not leftovers
+                and expect.get(name, "") in proc.stderr
             )
             print(
                 json.dumps(
