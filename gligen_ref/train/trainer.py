@@ -77,9 +77,7 @@ class TrainArgs:
     dense_after: int = 0  # gligen stage: the fusers' feed-forward gates stay 0 for this many steps
     high_noise: float = 0.0  # gligen stage: share of samples whose timestep is drawn from the upper half
     grounding_from: Path | None = None  # gligen stage: fusers + grounding tokenizer start from this model
-    fuser_init: str = (
-        "fresh"  # gligen stage, new fusers: "fresh" or "block" (copies of each block's attn1/ff)
-    )
+    fuser_init: str = "fresh"  # gligen stage, new fusers: "fresh" or "block" (copies of attn1 / ff)
     crop: int = 64  # vae stage: random crops of this side (the VAE is convolutional)
     limit: int | None = None  # use the first N samples of the folder
     resume: bool = False
