@@ -80,6 +80,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="our engines: one UNet, fusers skipped at gate 0 (no unet_plain)",
     )
+    p.add_argument(
+        "--feature-cache",
+        type=int,
+        default=0,
+        metavar="K",
+        help="our engines: reuse the deep UNet features, the whole UNet every K-th plain step "
+        "(exported with --feature-cache; the reference and eager baselines run every step whole)",
+    )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(
         "--eager-precisions",
@@ -160,6 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             threads=args.threads,
             matmul_size=args.matmul_size,
             gate_skip=args.gate_skip,
+            feature_cache=args.feature_cache,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

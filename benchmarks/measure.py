@@ -32,10 +32,15 @@ STAGES = {
     "grounding": "grounding tokens",
     "unet_grounded": "UNet step, grounded",
     "unet_plain": "UNet step, plain",
+    "unet_shallow": "UNet step, shallow (feature cache)",
     "vae_encoder": "VAE encode",
     "vae_decoder": "VAE decode",
 }
-PER_CALL_STAGES = ("unet_grounded", "unet_plain")  # reported per call; the others per run (summed)
+PER_CALL_STAGES = (
+    "unet_grounded",
+    "unet_plain",
+    "unet_shallow",
+)  # reported per call; the others per run (summed)
 
 
 def stats(values: Sequence[float]) -> dict[str, float | int]:

@@ -122,6 +122,7 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
                 progress=False,
                 source=source,
                 gate_skip=scenario.gate_skip,
+                feature_cache=scenario.feature_cache >= 2,
             )
             info["export_s"] = time.perf_counter() - tic
         del source
@@ -176,6 +177,7 @@ class OursRunner(Runner):
         "grounding": "grounding",
         "unet": "unet_grounded",
         "unet_plain": "unet_plain",
+        "unet_shallow": "unet_shallow",
         "vae_encoder": "vae_encoder",
         "vae_decoder": "vae_decoder",
     }

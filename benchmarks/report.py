@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gligen_rt.benchmarks.measure import STAGES
+from gligen_rt.benchmarks.measure import PER_CALL_STAGES, STAGES
 
 PLOT_STAGES = ("text_encoder", "grounding", "unet_grounded", "unet_plain", "vae_decoder")
 
@@ -287,24 +287,26 @@ def markdown(record: dict[str, Any]) -> str:
         )
     if a["fastest_eager"]:
         lines += ["", f"Fastest eager PyTorch configuration: {a['fastest_eager']}."]
+    shallow = any(c["steady"]["stages"].get("unet_shallow") for c in ok)  # the feature cache's steps
+    table_stages = PLOT_STAGES + (("unet_shallow",) if shallow else ())
     lines += [
         "",
         "## Per stage (median (p90, min); UNet rows per call, others per run; first run in brackets)",
         "",
         "| configuration | "
-        + " | ".join(STAGES[s] for s in PLOT_STAGES)
+        + " | ".join(STAGES[s] for s in table_stages)
         + " | plain SD UNet step (control) |",
-        "|---|" + "---|" * (len(PLOT_STAGES) + 1),
+        "|---|" + "---|" * (len(table_stages) + 1),
     ]
     for c in ok:
         cells = []
-        for s in PLOT_STAGES:
+        for s in table_stages:
             st = c["steady"]["stages"].get(s)
             first = c["first_run"]["stages"].get(s)
             cell = _stat(st)
-            if st and st.get("calls_per_run", 1) > 1 and s not in ("unet_grounded", "unet_plain"):
+            if st and st.get("calls_per_run", 1) > 1 and s not in PER_CALL_STAGES:
                 cell += f" x{st['calls_per_run']} calls"
-            if st and s in ("unet_grounded", "unet_plain"):
+            if st and s in PER_CALL_STAGES:
                 cell += f" x{st['calls_per_run']}"
             cells.append(cell + (f" [{_s(first)}]" if first is not None else ""))
         cells.append(_stat(c.get("sd_unet_step")))

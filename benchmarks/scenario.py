@@ -69,6 +69,7 @@ class Scenario:
     threads: int | None = None  # torch intra-op threads (None: the physical cores)
     matmul_size: int = 4096  # n of the n^3 matmul whose speed is the machine's peak
     gate_skip: bool = False  # our engines: one UNet with the fusers behind an If (no unet_plain)
+    feature_cache: int = 0  # our engines: reuse the deep UNet features, whole UNet every K-th plain step
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -80,6 +81,8 @@ class Scenario:
             raise ValueError("steps and repeats must be >= 1 and warmup >= 0")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta {self.beta} must be in [0, 1]")
+        if self.feature_cache < 0:
+            raise ValueError(f"feature_cache {self.feature_cache} must be 0 (off) or an interval >= 2")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r} must be cpu or cuda")
 
@@ -87,7 +90,8 @@ class Scenario:
     def key(self) -> str:
         """e.g. ``sd14-text-box-256px-20steps-cpu``."""
         skip = "-gateskip" if self.gate_skip else ""
-        return f"{self.model}-{self.modality}-{self.size}px-{self.steps}steps-{self.device}{skip}"
+        cache = f"-fc{self.feature_cache}" if self.feature_cache >= 2 else ""
+        return f"{self.model}-{self.modality}-{self.size}px-{self.steps}steps-{self.device}{skip}{cache}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

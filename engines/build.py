@@ -43,6 +43,7 @@ from gligen_rt.engines.spec import (
     GROUNDING,
     UNET,
     UNET_PLAIN,
+    UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
     EngineSpec,
@@ -66,7 +67,14 @@ OPENVINO_PRECISIONS = {
 _TRT_FAMILY = ("tensorrt", "tensorrt-rtx", "ort-trt")
 # Engines that `static` fixes, and their batch per requested image (the CFG batch is 2x).
 # The text and image encoders stay dynamic: box phrases and grounding images vary per request.
-STATIC_BATCH_PER_IMAGE = {GROUNDING: 2, UNET: 2, UNET_PLAIN: 2, VAE_DECODER: 1, VAE_ENCODER: 1}
+STATIC_BATCH_PER_IMAGE = {
+    GROUNDING: 2,
+    UNET: 2,
+    UNET_PLAIN: 2,
+    UNET_SHALLOW: 2,
+    VAE_DECODER: 1,
+    VAE_ENCODER: 1,
+}
 TIMING_CACHE = "timing.cache"
 
 

@@ -43,9 +43,19 @@ IMAGE_ENCODER = "image_encoder"
 GROUNDING = "grounding"
 UNET = "unet"
 UNET_PLAIN = "unet_plain"
+UNET_SHALLOW = "unet_shallow"  # the feature cache's reuse steps (exported with --feature-cache)
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
-ENGINE_NAMES = (TEXT_ENCODER, IMAGE_ENCODER, GROUNDING, UNET, UNET_PLAIN, VAE_DECODER, VAE_ENCODER)
+ENGINE_NAMES = (
+    TEXT_ENCODER,
+    IMAGE_ENCODER,
+    GROUNDING,
+    UNET,
+    UNET_PLAIN,
+    UNET_SHALLOW,
+    VAE_DECODER,
+    VAE_ENCODER,
+)
 
 Range = tuple[int, int, int]  # (min, opt, max)
 Dim = int | str
@@ -223,7 +233,11 @@ def _grounding_inputs(config: Any) -> tuple[TensorSpec, ...]:
 
 
 def specs_for(
-    config: Any, envelope: ShapeEnvelope | None = None, *, include_plain: bool = True
+    config: Any,
+    envelope: ShapeEnvelope | None = None,
+    *,
+    include_plain: bool = True,
+    feature_cache: bool = False,
 ) -> dict[str, EngineSpec]:
     """The engines of `config` (a gligen_ref ModelConfig), in build order, keyed by name.
 
@@ -232,6 +246,11 @@ def specs_for(
     per image),
     image_encoder 1..30*b_max (one per grounding image), grounding and the UNets b_min..2*b_max
     with opt 2*b_opt (the CFG batch; b_min when guidance is off), the VAE b_min..b_max.
+
+    feature_cache: the folder was exported for the feature cache (DeepCache-style, on plain steps):
+    `unet` and `unet_plain` also output `deep`, the input of the UNet's last up block
+    (B, block_out_channels[1], h, w), and `unet_shallow` takes it back: conv_in, the first down
+    level and the last up level only (gligen_ref/model.py `unet_shallow`).
     """
     env = envelope or ShapeEnvelope.for_config(config)
     f = config.vae.downscale
@@ -273,17 +292,26 @@ def specs_for(
     timestep = _t("timestep", 1)
     context = _t("context", b, TEXT_TOKENS, d)
     eps = (_t("eps", b, c, hl, wl),)
+    deep = _t("deep", b, config.unet.block_out_channels[1], hl, wl)
+    unet_out = eps + ((deep,) if feature_cache else ())
     extra = (_t("extra", b, k, hl, wl),) if k else ()
     specs[UNET] = EngineSpec(
         UNET,
         (sample, timestep, context, _t("tokens", b, config.num_tokens, d), _t("gate", 1)) + extra,
-        eps,
+        unet_out,
         Envelope(batch=cfg_batch, **hw),
     )
+    plain_extra = extra if config.inpaint else ()
     if include_plain:
-        plain_extra = extra if config.inpaint else ()
         specs[UNET_PLAIN] = EngineSpec(
-            UNET_PLAIN, (sample, timestep, context) + plain_extra, eps, Envelope(batch=cfg_batch, **hw)
+            UNET_PLAIN, (sample, timestep, context) + plain_extra, unet_out, Envelope(batch=cfg_batch, **hw)
+        )
+    if feature_cache:
+        specs[UNET_SHALLOW] = EngineSpec(
+            UNET_SHALLOW,
+            (sample, timestep, context, deep) + plain_extra,
+            eps,
+            Envelope(batch=cfg_batch, **hw),
         )
     specs[VAE_DECODER] = EngineSpec(
         VAE_DECODER,

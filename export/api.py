@@ -125,6 +125,7 @@ def export_engines(
     source: SourceModel | None = None,
     threads: int | None = None,
     gate_skip: bool = False,
+    feature_cache: bool = False,
     **checkpoint_options: Any,
 ) -> Path:
     """Export every engine of a GLIGEN model into the engine folder ``out_dir``; returns its path.
@@ -150,6 +151,9 @@ def export_engines(
         gate_skip: one UNet for both phases: every fuser sits in an ONNX If on ``gate != 0``, so
             plain steps cost a plain UNet's time; ``unet_plain`` is then not exported unless named
             in ``engines`` (half the UNet weights in memory).
+        feature_cache: also export ``unet_shallow``, and give ``unet`` / ``unet_plain`` the ``deep``
+            output it reuses (engines/spec.py ``specs_for``): what a request's ``feature_cache``
+            runs on.
 
     Raises:
         ExportError / ParityError: an engine failed its checks (nothing is written);
@@ -163,7 +167,7 @@ def export_engines(
     _check_replaceable(out)
     src = source or load_source(checkpoint, modality, inpaint, seed, **checkpoint_options)
     config = src.config
-    specs = S.specs_for(config, envelope)
+    specs = S.specs_for(config, envelope, feature_cache=feature_cache)
     unknown = [n for n in engines or () if n not in specs]
     if unknown:
         raise ExportError(f"{config.key} has no engines {unknown}: it has {list(specs)}")
@@ -222,6 +226,7 @@ def export_engines(
                 "opset": opset,
                 "fused": fuse,
                 "gate_skip": gate_skip,
+                "feature_cache": feature_cache,
                 "source": src.description,
                 "exporter": {"torch": torch.__version__, "onnx": _version("onnx")},
                 "export_seconds": round(time.perf_counter() - t0, 1),

@@ -78,6 +78,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="one UNet for both phases (fusers skipped at gate 0 by an ONNX If): half the UNet memory",
     )
+    out.add_argument(
+        "--feature-cache",
+        action="store_true",
+        help="also export unet_shallow, for requests that reuse the deep UNet features (--feature-cache K)",
+    )
     out.add_argument("--count-unfused", action="store_true", help="also record the UNet's node count unfused")
     out.add_argument("--threads", type=int, default=None, help="CPU threads for export and checks")
     out.add_argument("--no-progress", action="store_true", help="no progress bar (none shows off a terminal)")
@@ -150,6 +155,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         source=source,
         threads=args.threads,
         gate_skip=args.gate_skip,
+        feature_cache=args.feature_cache,
     )
     print(path)
     return 0

@@ -11,6 +11,7 @@ engine's named inputs are passed by name, tuples are returned in the spec's outp
 | grounding | Grounding | grounding_tokens |
 | unet | UNetGrounded | unet_grounded |
 | unet_plain | UNetPlain | unet_plain |
+| unet_shallow | UNetShallow | unet_shallow |
 | vae_decoder | VAEDecoder | vae_decode |
 | vae_encoder | VAEEncoder | vae_encode |
 """
@@ -73,8 +74,13 @@ class UNetGrounded(EngineWrapper):
         extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """sample (B, 4, h, w), timestep (1,), context (B, 77, D), tokens (B, N, D), gate (1,),
-        [extra (B, k, h, w)] float32 -> eps (B, 4, h, w) float32."""
-        return self.model.unet_grounded(sample, timestep, context, tokens, gate, extra)
+        [extra (B, k, h, w)] float32 -> eps (B, 4, h, w) [, deep (feature cache)] float32."""
+        return self.model.unet_grounded(sample, timestep, context, tokens, gate, extra, self.deep)
+
+    @property
+    def deep(self) -> bool:
+        """Whether the spec also outputs the feature cache's ``deep`` (export --feature-cache)."""
+        return "deep" in self.spec.output_names
 
 
 class UNetPlain(EngineWrapper):
@@ -86,8 +92,22 @@ class UNetPlain(EngineWrapper):
         extra: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """sample (B, 4, h, w), timestep (1,), context (B, 77, D), [extra (B, 5, h, w) inpainting]
-        float32 -> eps (B, 4, h, w) float32."""
-        return self.model.unet_plain(sample, timestep, context, extra)
+        float32 -> eps (B, 4, h, w) [, deep (feature cache)] float32."""
+        return self.model.unet_plain(sample, timestep, context, extra, "deep" in self.spec.output_names)
+
+
+class UNetShallow(EngineWrapper):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        deep: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """sample (B, 4, h, w), timestep (1,), context (B, 77, D), deep (B, C1, h, w) from an earlier
+        plain step, [extra (B, 5, h, w) inpainting] float32 -> eps (B, 4, h, w) float32."""
+        return self.model.unet_shallow(sample, timestep, context, deep, extra)
 
 
 class VAEDecoder(EngineWrapper):
@@ -108,6 +128,7 @@ WRAPPERS: dict[str, type[EngineWrapper]] = {
     S.GROUNDING: Grounding,
     S.UNET: UNetGrounded,
     S.UNET_PLAIN: UNetPlain,
+    S.UNET_SHALLOW: UNetShallow,
     S.VAE_DECODER: VAEDecoder,
     S.VAE_ENCODER: VAEEncoder,
 }

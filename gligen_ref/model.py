@@ -177,17 +177,19 @@ class GLIGENModel(nn.Module):
         tokens: torch.Tensor,
         gate: torch.Tensor,
         extra: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_deep: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """sample (B,4,h,w), timestep float () / (1,) / (B,), context (B,77,D), tokens (B,N,D),
         gate () or (1,) float, extra (B,k,h,w) (spatial: downsampler output; inpaint: masked latent + mask)
-        -> eps (B,4,h,w) float32."""
+        -> eps (B,4,h,w) float32 (and, with ``return_deep``, the feature cache's ``deep``:
+        see ``unet_shallow``)."""
         gate = gate.to(sample.dtype)
         if self.sd_conv_in is not None:
             h = torch.where(gate == 0, self.sd_conv_in(sample), self.conv_in(self._with_extra(sample, extra)))
         else:
             h = self.conv_in(self._with_extra(sample, extra))
         kwargs = {"gligen": {"tokens": tokens, "gate": gate}}
-        return self.unet(h, timestep, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
+        return self._unet(h, timestep, context, kwargs, return_deep)
 
     def unet_plain(
         self,
@@ -195,18 +197,53 @@ class GLIGENModel(nn.Module):
         timestep: torch.Tensor,
         context: torch.Tensor,
         extra: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """SD without fusers: sample (B,4,h,w), timestep, context (B,77,D) -> eps (B,4,h,w).
+        return_deep: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """SD without fusers: sample (B,4,h,w), timestep, context (B,77,D) -> eps (B,4,h,w) (and,
+        with ``return_deep``, the feature cache's ``deep``: see ``unet_shallow``).
 
         Spatial models use SD's conv_in and ignore ``extra``; inpainting models keep their 9-channel
         conv_in and need ``extra``.
         """
-        h = (
-            self.sd_conv_in(sample)
-            if self.sd_conv_in is not None
-            else self.conv_in(self._with_extra(sample, extra))
-        )
-        return self.unet(h, timestep, encoder_hidden_states=context).sample
+        return self._unet(self._plain_conv_in(sample, extra), timestep, context, None, return_deep)
+
+    def unet_shallow(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        deep: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The feature cache's reuse step (DeepCache, arXiv 2312.00858, branch at the first level):
+        ``unet_plain`` with everything below the first level replaced by ``deep``, the input of the
+        last up block that an earlier plain step returned (B, block_out_channels[1], h, w).
+
+        Runs conv_in, the time embedding, the first down level's resnets / transformers (not its
+        downsampler), the last up level and conv_out: with ``deep`` from the same inputs it is
+        ``unet_plain`` exactly. sample, timestep, context, extra as ``unet_plain`` -> eps (B,4,h,w).
+        """
+        unet = self.unet
+        h = self._plain_conv_in(sample, extra)
+        emb = unet.time_embedding(unet.get_time_embed(sample=h, timestep=timestep))
+        skips = [h]
+        first = unet.down_blocks[0]
+        attentions = getattr(first, "attentions", None) or [None] * len(first.resnets)
+        for resnet, attention in zip(first.resnets, attentions):
+            h = resnet(h, emb)
+            if attention is not None:
+                h = attention(h, encoder_hidden_states=context, return_dict=False)[0]
+            skips.append(h)
+        last = unet.up_blocks[-1]
+        if len(last.resnets) != len(skips):
+            raise ValueError(
+                f"the last up block takes {len(last.resnets)} skips, the first level gives {len(skips)}"
+            )
+        kwargs = {"encoder_hidden_states": context} if getattr(last, "has_cross_attention", False) else {}
+        h = last(hidden_states=deep.to(h.dtype), temb=emb, res_hidden_states_tuple=tuple(skips), **kwargs)
+        if unet.conv_norm_out is not None:
+            h = unet.conv_act(unet.conv_norm_out(h))
+        return unet.conv_out(h)
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B,4,h,w) scaled -> images (B,3,8h,8w) float32, un-clamped (about [-1,1])."""
@@ -219,6 +256,35 @@ class GLIGENModel(nn.Module):
         return dist.mean * sf, dist.std * sf
 
     # ---- helpers -------------------------------------------------------------------------------
+
+    def _plain_conv_in(self, sample: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        if self.sd_conv_in is not None:
+            return self.sd_conv_in(sample)
+        return self.conv_in(self._with_extra(sample, extra))
+
+    def _unet(
+        self,
+        h: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        kwargs: dict | None,
+        return_deep: bool,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The diffusers UNet after conv_in -> eps, or (eps, deep) where deep is the last up block's
+        input (caught by a forward pre-hook, so the UNet's own forward runs unchanged)."""
+        if not return_deep:
+            return self.unet(h, timestep, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
+        caught: list[torch.Tensor] = []
+
+        def catch(module: nn.Module, args: tuple, kw: dict) -> None:
+            caught.append(kw["hidden_states"] if "hidden_states" in kw else args[0])
+
+        handle = self.unet.up_blocks[-1].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            eps = self.unet(h, timestep, encoder_hidden_states=context, cross_attention_kwargs=kwargs).sample
+        finally:
+            handle.remove()
+        return eps, caught[0]
 
     def _with_extra(self, sample: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         if self.config.extra_channels == 0:

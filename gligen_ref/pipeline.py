@@ -195,7 +195,11 @@ class ReferencePipeline:
         gates = request_gates(
             request.beta, request.alpha_type, cfg.modality, cfg.inpaint, len(scheduler.timesteps)
         )
-        plan = make_plan(scheduler.timesteps, gates, plain_available=True)
+        plan = make_plan(
+            scheduler.timesteps, gates, plain_available=True, feature_cache=request.feature_cache
+        )
+        cached = any(step.engine == "unet_shallow" for step in plan)
+        kept: dict[str, torch.Tensor] = {}  # the feature cache: deep of the last whole plain UNet
         x = x * scheduler.init_noise_sigma
         tic = time.perf_counter()
         for step in plan:
@@ -208,7 +212,12 @@ class ReferencePipeline:
                 ts = torch.tensor([float(t)], dtype=torch.float32, device=self.device)
                 if step.engine == "unet":
                     return self.model.unet_grounded(sample, ts, ctx, tokens, gate, extra)
-                return self.model.unet_plain(sample, ts, ctx, extra)
+                if step.engine == "unet_shallow":
+                    return self.model.unet_shallow(sample, ts, ctx, kept["deep"], extra)
+                if not cached:
+                    return self.model.unet_plain(sample, ts, ctx, extra)
+                eps, kept["deep"] = self.model.unet_plain(sample, ts, ctx, extra, return_deep=True)
+                return eps
 
             x = scheduler.step(x, step.index, F.make_eps_fn(unet, request.guidance, torch.cat))
             if on_step is not None:

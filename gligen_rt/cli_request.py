@@ -114,6 +114,14 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"images per request (default: {d['num_images']}); more than one writes OUT_0.png, OUT_1.png, ...",
     )
+    g.add_argument(
+        "--feature-cache",
+        type=int,
+        default=None,
+        metavar="K",
+        help="reuse the deep UNet features on the plain steps: the whole UNet every K-th plain step, its "
+        "first and last levels between (engines exported with --feature-cache; default: off)",
+    )
 
 
 _SCALARS = (
@@ -127,6 +135,7 @@ _SCALARS = (
     "height",
     "width",
     "num_images",
+    "feature_cache",
     "condition",
     "inpaint_image",
     "style_image",
@@ -246,5 +255,6 @@ def summary(request: GenerationRequest) -> str:
         f"seed {request.seed}, {request.steps} {request.sampler} steps, guidance {request.guidance:g}{sched}"
         + (f", {size}" if size else "")
         + (f", {request.num_images} images" if request.num_images != 1 else "")
+        + (f", feature cache every {request.feature_cache}" if request.feature_cache >= 2 else "")
     )
     return "; ".join(parts)

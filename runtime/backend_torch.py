@@ -23,6 +23,7 @@ from gligen_rt.engines.spec import (
     TEXT_ENCODER,
     UNET,
     UNET_PLAIN,
+    UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
 )
@@ -32,8 +33,9 @@ from .backend import Backend
 from .folder import EngineFolder
 
 
-def _call(model: Any, engine: str, t: dict[str, Any]) -> tuple[Any, ...]:
-    """One engine as a GLIGENModel method; returns the outputs in spec order."""
+def _call(model: Any, engine: str, t: dict[str, Any], deep: bool = False) -> tuple[Any, ...]:
+    """One engine as a GLIGENModel method; returns the outputs in spec order (``deep``: the UNets'
+    feature-cache output too)."""
     if engine == TEXT_ENCODER:
         return model.encode_text(t["input_ids"].long())
     if engine == IMAGE_ENCODER:
@@ -42,13 +44,15 @@ def _call(model: Any, engine: str, t: dict[str, Any]) -> tuple[Any, ...]:
         tokens, extra = model.grounding_tokens(**t)
         return (tokens,) if extra is None else (tokens, extra)
     if engine == UNET:
-        return (
-            model.unet_grounded(
-                t["sample"], t["timestep"], t["context"], t["tokens"], t["gate"], t.get("extra")
-            ),
+        out = model.unet_grounded(
+            t["sample"], t["timestep"], t["context"], t["tokens"], t["gate"], t.get("extra"), deep
         )
+        return out if deep else (out,)
     if engine == UNET_PLAIN:
-        return (model.unet_plain(t["sample"], t["timestep"], t["context"], t.get("extra")),)
+        out = model.unet_plain(t["sample"], t["timestep"], t["context"], t.get("extra"), deep)
+        return out if deep else (out,)
+    if engine == UNET_SHALLOW:
+        return (model.unet_shallow(t["sample"], t["timestep"], t["context"], t["deep"], t.get("extra")),)
     if engine == VAE_DECODER:
         return (model.vae_decode(t["latents"]),)
     if engine == VAE_ENCODER:
@@ -96,15 +100,16 @@ class TorchBackend(Backend):
         self._check_loaded(engine)
         torch = self._torch
         names = self.specs[engine].output_names
+        deep = "deep" in names
         if not self.arrays.on_device:
             t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
             with self._lock, torch.no_grad():
-                outs = _call(self.model, engine, t)
+                outs = _call(self.model, engine, t, deep)
             return {n: o.detach().float().numpy() for n, o in zip(names, outs)}
         cp = self.arrays.xp
         with self._lock, torch.no_grad(), torch.cuda.stream(self._stream), self.arrays.scope():
             t = {k: torch.from_dlpack(cp.ascontiguousarray(cp.asarray(v))) for k, v in inputs.items()}
-            outs = _call(self.model, engine, t)
+            outs = _call(self.model, engine, t, deep)
             out = {n: cp.from_dlpack(o.detach().float().contiguous()) for n, o in zip(names, outs)}
         return out
 

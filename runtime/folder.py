@@ -35,6 +35,7 @@ from gligen_rt.engines.spec import (
     TEXT_ENCODER,
     UNET,
     UNET_PLAIN,
+    UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
     EngineSpec,
@@ -115,7 +116,7 @@ class EngineFolder:
             raise EngineError(
                 f"{path}/manifest.json has an unreadable envelope ({e}): re-export the engine folder"
             ) from None
-        expected = specs_for(config, envelope)
+        expected = specs_for(config, envelope, feature_cache=UNET_SHALLOW in manifest.engines)
         missing = [n for n in required_engines(config) if n not in manifest.engines]
         if missing:
             raise EngineError(

@@ -9,6 +9,9 @@ Per step (gligen_ref/pipeline.py, step 6, the same arithmetic in the same order)
         eps    = eps_u + s * (eps_c - eps_u)
     x <- scheduler.step(x, i, eps_fn)             (PLMS calls eps_fn twice on its first step)
 
+With the feature cache (``request.feature_cache``), the plan's ``unet_shallow`` steps take ``deep``,
+which the last whole-UNet step returned beside ``eps`` (kept here, one array, replaced each time).
+
 The CFG blend and the inpainting blend are gligen_rt.core.flow's (shared with the reference).
 The engine of a step and its gate come from the plan (``PlanStep``); what each engine takes is
 read from its spec's input names, so the loop never branches on modality or backend.
@@ -82,7 +85,8 @@ def denoise(
         scheduler: a fresh scheduler over the plan's timesteps.
         cond: context, tokens, extra, guidance.
         run: ``run(engine, inputs) -> outputs`` (a backend's run, possibly timed).
-        input_names: {engine: its input names in spec order} for "unet" / "unet_plain".
+        input_names: {engine: its input names in spec order} for "unet" / "unet_plain" /
+            "unet_shallow".
         arrays: the backend's array library.
         inpainting: the known region, or None.
         on_step: called as on_step(i, S) after each step.
@@ -106,6 +110,7 @@ def denoise(
     feeds_const: dict[str, Any] = {"context": cond.context, "tokens": cond.tokens}
     if cond.extra is not None:
         feeds_const["extra"] = cond.extra
+    kept: dict[str, Array] = {}  # the feature cache: "deep" of the last whole-UNet call
     for step in plan:
         if inpainting is not None:
             known = scheduler.add_noise(inpainting.z0, inpainting.noise[step.index], step.index)
@@ -117,7 +122,16 @@ def denoise(
             sample: Array, t: float, engine: str = step.engine, gate: Array = gate, names=names
         ) -> Array:
             available = {**feeds_const, "sample": sample, "timestep": scalar(float(t)), "gate": gate}
-            return run(engine, {n: available[n] for n in names})["eps"]
+            if "deep" in names:
+                if "deep" not in kept:
+                    raise ValueError(
+                        f"{engine} has no deep features yet: the plan must run a whole UNet first"
+                    )
+                available["deep"] = kept["deep"]
+            out = run(engine, {n: available[n] for n in names})
+            if "deep" in out:
+                kept["deep"] = out["deep"]
+            return out["eps"]
 
         x = scheduler.step(x, step.index, make_eps_fn(unet, cond.guidance, arrays.concat))
         marks.append(arrays.mark())

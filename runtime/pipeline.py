@@ -42,6 +42,7 @@ from gligen_rt.engines.spec import (
     TEXT_ENCODER,
     UNET,
     UNET_PLAIN,
+    UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
     concrete_shapes,
@@ -104,6 +105,7 @@ class _Timeline:
 
 
 # Engines --low-memory loads for their stage of a request and releases after it.
+UNETS = (UNET, UNET_PLAIN, UNET_SHALLOW)  # the engines a denoising step may run
 STAGED_ENGINES = (TEXT_ENCODER, IMAGE_ENCODER, VAE_ENCODER, VAE_DECODER)
 
 
@@ -253,6 +255,7 @@ class GligenPipeline:
             GROUNDING: 2 * n,
             UNET: unet_batch,
             UNET_PLAIN: unet_batch,
+            UNET_SHALLOW: unet_batch,
             VAE_DECODER: n,
             VAE_ENCODER: 1,
         }
@@ -262,6 +265,11 @@ class GligenPipeline:
                 concrete_shapes(spec, batches[name], min(H, t), min(W, t))
             elif batches[name] > 0:
                 concrete_shapes(spec, batches[name], H, W)
+        if request.feature_cache >= 2 and UNET_SHALLOW not in self.specs:
+            raise RequestError(
+                f"feature_cache {request.feature_cache} needs engines exported with "
+                "`gligen-rt export --feature-cache` (this folder has no unet_shallow): re-export, or drop it"
+            )
         return H, W
 
     # -- one request ----------------------------------------------------------------------------
@@ -359,7 +367,12 @@ class GligenPipeline:
             gates = request_gates(
                 request.beta, request.alpha_type, cfg.modality, cfg.inpaint, len(scheduler.timesteps)
             )
-            plan = make_plan(scheduler.timesteps, gates, plain_available=self.backend.has(UNET_PLAIN))
+            plan = make_plan(
+                scheduler.timesteps,
+                gates,
+                plain_available=self.backend.has(UNET_PLAIN),
+                feature_cache=request.feature_cache,
+            )
             if cfg.inpaint:
                 step_noise = np.stack([rng.latents(latent_shape) for _ in plan])
                 inpainting = Inpainting(z0, mask, arrays.asarray(step_noise))
@@ -373,7 +386,7 @@ class GligenPipeline:
 
             x = x * scheduler.init_noise_sigma
             tic = arrays.mark()
-            names = {e: self.backend.specs[e].input_names for e in (UNET, UNET_PLAIN) if self.backend.has(e)}
+            names = {e: self.backend.specs[e].input_names for e in UNETS if self.backend.has(e)}
             x, step_marks = denoise(
                 x, plan, scheduler, cond, run, names, arrays, inpainting=inpainting, on_step=on_step
             )
@@ -393,7 +406,7 @@ class GligenPipeline:
             )
         images = to_uint8(decoded)  # NumericalError on NaN / Inf
         timings, per_engine = run.seconds()
-        timings["unet"] = sum(per_engine.get(e, 0.0) for e in (UNET, UNET_PLAIN))
+        timings["unet"] = sum(per_engine.get(e, 0.0) for e in UNETS)
         timings["engines"] = sum(per_engine.values())
         timings["total"] = time.perf_counter() - t0
         timings["overhead"] = timings["total"] - timings["engines"]

@@ -233,3 +233,41 @@ def test_model_is_float32_eval(tiny_model) -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.unet.conv_in.__class__.__name__ == "Identity"
     assert model.sd_conv_in is not None and model.conv_in.in_channels == 12
+
+
+# ---- the feature cache ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "modality,inpaint",
+    [(Modality.TEXT_BOX, False), (Modality.HED, False), (Modality.TEXT_BOX, True)],
+    ids=["text-box", "hed", "inpaint-text-box"],
+)
+def test_unet_shallow_on_its_own_deep_is_unet_plain(modality: Modality, inpaint: bool, tiny_model) -> None:
+    """DeepCache's identity: the shallow UNet fed the deep features of the same inputs gives the
+    plain UNet's eps exactly; the grounded UNet at gate 0 gives the same deep features; deep
+    features of another step change eps (so the cache is not a no-op)."""
+    model = tiny_model(modality, inpaint)
+    x = _unet_inputs(model.config)
+    later = _unet_inputs(model.config, seed=1)
+    with torch.no_grad():
+        plain = model.unet_plain(x["sample"], x["timestep"], x["context"], x["extra"])
+        eps, deep = model.unet_plain(x["sample"], x["timestep"], x["context"], x["extra"], return_deep=True)
+        shallow = model.unet_shallow(x["sample"], x["timestep"], x["context"], deep, x["extra"])
+        _, deep_other = model.unet_plain(
+            later["sample"], torch.tensor(521.0), x["context"], x["extra"], return_deep=True
+        )
+        reused = model.unet_shallow(x["sample"], x["timestep"], x["context"], deep_other, x["extra"])
+        tokens = torch.randn(2, model.config.num_tokens, model.config.context_dim)
+        grounded_extra = (
+            torch.randn(2, model.config.extra_channels, LATENT, LATENT) if modality.is_spatial else x["extra"]
+        )
+        _, deep_gate0 = model.unet_grounded(
+            x["sample"], x["timestep"], x["context"], tokens, torch.tensor(0.0), grounded_extra, True
+        )
+    c1 = model.config.unet.block_out_channels[1]
+    assert deep.shape == (2, c1, LATENT, LATENT)
+    assert torch.equal(eps, plain)
+    assert torch.equal(shallow, plain)
+    torch.testing.assert_close(deep_gate0, deep, atol=TOL, rtol=TOL)
+    assert (reused - plain).abs().max() > EFFECT

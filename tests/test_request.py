@@ -152,6 +152,8 @@ CASES = [
     ("height-too-big", TB, False, lambda r, i: _with(r, height=1024), {"max_size": 768}, "larger than 768"),
     ("sampler", TB, False, lambda r, i: _with(r, sampler="dpm"), {}, "unknown sampler"),
     ("num-images-0", TB, False, lambda r, i: _with(r, num_images=0), {}, "num_images"),
+    ("feature-cache-negative", TB, False, lambda r, i: _with(r, feature_cache=-1), {}, "feature_cache"),
+    ("feature-cache-float", TB, False, lambda r, i: _with(r, feature_cache=2.5), {}, "feature_cache"),
     ("seed-negative", TB, False, lambda r, i: _with(r, seed=-1), {}, "seed"),
     ("prompt-not-str", TB, False, lambda r, i: _with(r, prompt=None), {}, "prompt"),
     (
@@ -243,6 +245,7 @@ def _full_request(folder: str) -> GenerationRequest:
         height=512,
         width=768,
         num_images=3,
+        feature_cache=3,
     )
 
 
@@ -257,6 +260,7 @@ def test_json_round_trip(tmp_path):
     minimal = GenerationRequest("only a prompt", beta=0.3)
     assert request_from_json(request_to_json(minimal)) == minimal
     assert "alpha_type" not in request_to_json(minimal)
+    assert "feature_cache" not in request_to_json(minimal)
 
 
 def test_json_relative_paths_resolve_against_file_folder(tmp_path, monkeypatch):

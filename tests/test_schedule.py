@@ -133,6 +133,22 @@ def test_make_plan_engines():
     assert [s.gate for s in no_plain] == [1.0, 0.5, 0.0, 0.0, 0.0]
 
 
+def test_make_plan_feature_cache():
+    """Every K-th plain step (from the first) runs a whole UNet, the others unet_shallow; grounded
+    steps never use the cache; K 0 or 1 is off."""
+    timesteps = np.arange(10, 0, -1)
+    gates = beta_gates(10, 0.3)  # 3 grounded, 7 plain
+    plan = make_plan(timesteps, gates, plain_available=True, feature_cache=3)
+    assert [s.engine for s in plan] == ["unet"] * 3 + ["unet_plain", "unet_shallow", "unet_shallow"] * 2 + [
+        "unet_plain"
+    ]
+    assert [s.gate for s in plan] == list(gates)
+    single = make_plan(timesteps, gates, plain_available=False, feature_cache=2)
+    assert [s.engine for s in single] == ["unet"] * 3 + ["unet", "unet_shallow"] * 3 + ["unet"]
+    for off in (0, 1):
+        assert make_plan(timesteps, gates, True, feature_cache=off) == make_plan(timesteps, gates, True)
+
+
 def test_make_plan_float_timesteps_and_errors():
     plan = make_plan(np.array([999.0, 499.5]), (1.0, 0.0), plain_available=True)
     assert [s.timestep for s in plan] == [999.0, 499.5]

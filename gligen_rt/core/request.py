@@ -15,7 +15,8 @@ JSON form (``request_from_json`` / ``request_to_json``)::
      "condition": "edges.png", "inpaint_image": "room.png", "style_image": "style.png",
      "seed": 1, "steps": 50, "guidance": 7.5, "sampler": "plms",
      "beta": 0.3,                      # or "alpha_type": [0.3, 0.0, 0.7], not both
-     "height": 512, "width": 512, "num_images": 1}
+     "height": 512, "width": 512, "num_images": 1,
+     "feature_cache": 3}                # optional: reuse the deep UNet features on plain steps
 
 Every key but ``prompt`` is optional. Relative file paths in a JSON file resolve against the JSON
 file's folder.
@@ -74,6 +75,9 @@ class GenerationRequest:
     the regions to generate). style_image: text-image-box style trick (an extra image-only object).
     beta / alpha_type: scheduled sampling (diffusers' grounded fraction, or the original's
     [a, b, c]); both None means the model's default. height / width None means the model's size.
+    feature_cache: K >= 2 reuses the deep UNet features on the plain (gate 0) steps, DeepCache-style:
+    every K-th plain step runs the whole UNet, the K - 1 after it only its first and last levels
+    (engines exported with --feature-cache). 0 or 1: every step runs the whole UNet (the default).
     """
 
     prompt: str
@@ -92,6 +96,7 @@ class GenerationRequest:
     height: int | None = None
     width: int | None = None
     num_images: int = 1
+    feature_cache: int = 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -326,6 +331,11 @@ def validate_fields(request: GenerationRequest, max_size: int | None = None, mul
     _check_size(request.width, "width", multiple, max_size)
     if not _is_int(request.num_images) or request.num_images < 1:
         raise _fail(f"num_images must be an integer >= 1, got {request.num_images!r}")
+    if not _is_int(request.feature_cache) or not 0 <= request.feature_cache <= MAX_STEPS:
+        raise _fail(
+            f"feature_cache must be an integer in [0, {MAX_STEPS}] (0: off; K: the whole UNet every "
+            f"K-th plain step), got {request.feature_cache!r}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,7 +441,7 @@ def _parse(d: Mapping[str, Any], base_dir: str | None) -> GenerationRequest:
     for key in ("condition", "inpaint_image", "style_image"):
         if key in d:
             kw[key] = _resolve(_as_str(d[key], key), base_dir)
-    for key in ("seed", "steps", "num_images"):
+    for key in ("seed", "steps", "num_images", "feature_cache"):
         if key in d:
             kw[key] = _as_int(d[key], key)
     for key in ("height", "width"):
@@ -507,4 +517,6 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
         if getattr(request, key) is not None:
             out[key] = getattr(request, key)
     out["num_images"] = request.num_images
+    if request.feature_cache:
+        out["feature_cache"] = request.feature_cache
     return out

@@ -25,6 +25,7 @@ from gligen_rt.core.errors import RequestError
 
 ENGINE_GROUNDED = "unet"  # UNet with fusers; the gate multiplies every fuser's residual
 ENGINE_PLAIN = "unet_plain"  # SD without fusers (what gate 0 computes, cheaper)
+ENGINE_SHALLOW = "unet_shallow"  # the feature cache's reuse steps: first and last UNet levels only
 
 _SUM_TOLERANCE = 1e-6
 
@@ -111,7 +112,9 @@ class PlanStep:
     timestep: the scheduler's model timestep for this step (int for plms/ddim/dpmpp_2m; a float
         for euler, whose timesteps are fractional).
     gate: multiplies every fuser's residual (the original's per-step ``scale``), in [0, 1].
-    engine: ``"unet"`` (grounded, uses ``gate``) or ``"unet_plain"`` (gate is 0).
+    engine: ``"unet"`` (grounded, uses ``gate``), ``"unet_plain"`` (gate is 0) or, with the feature
+        cache, ``"unet_shallow"`` (gate is 0; reuses the ``deep`` output of the last plain step that
+        ran a whole UNet).
     """
 
     index: int
@@ -121,16 +124,23 @@ class PlanStep:
 
 
 def make_plan(
-    timesteps: Sequence[float] | np.ndarray, gates: Sequence[float], plain_available: bool
+    timesteps: Sequence[float] | np.ndarray,
+    gates: Sequence[float],
+    plain_available: bool,
+    feature_cache: int = 0,
 ) -> tuple[PlanStep, ...]:
     """Join timesteps and gates into the per-step plan.
 
     Steps with gate 0 run ``"unet_plain"`` when that engine exists, else ``"unet"`` with gate 0.
+    With ``feature_cache`` K >= 2, of the gate-0 steps the 1st, (K+1)-th, (2K+1)-th ... run so (and
+    give ``deep``), the others ``"unet_shallow"`` (DeepCache's uniform interval; the grounded steps
+    always run whole).
 
     Args:
         timesteps: (S,) the scheduler's timesteps, in loop order (descending).
         gates: S gates in [0, 1] (``alpha_generator`` / ``beta_gates``).
         plain_available: whether a plain-SD UNet engine was built.
+        feature_cache: the interval K (0 or 1: off).
 
     Returns:
         S ``PlanStep`` in loop order.
@@ -140,11 +150,16 @@ def make_plan(
         raise ValueError(f"timesteps {ts.shape} and gates ({len(gates)},) must be 1-D of equal length")
     integral = np.issubdtype(ts.dtype, np.integer)
     plan = []
+    plain_steps = 0
     for i, (t, g) in enumerate(zip(ts.tolist(), gates)):
         gate = float(g)
         if not (0.0 <= gate <= 1.0) or math.isnan(gate):
             raise ValueError(f"gate {g!r} at step {i} is outside [0, 1]")
         engine = ENGINE_PLAIN if gate == 0.0 and plain_available else ENGINE_GROUNDED
+        if gate == 0.0:
+            if feature_cache >= 2 and plain_steps % feature_cache != 0:
+                engine = ENGINE_SHALLOW
+            plain_steps += 1
         plan.append(PlanStep(index=i, timestep=int(t) if integral else float(t), gate=gate, engine=engine))
     return tuple(plan)
 

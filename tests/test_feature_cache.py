@@ -1,0 +1,92 @@
+"""The feature cache (DeepCache-style reuse of the deep UNet features on plain steps), end to end on
+tiny engine folders exported with --feature-cache: both UNet layouts (unet_plain beside unet; one
+gate-skip unet), ORT CPU and OpenVINO against the reference pipeline with the same cache, the plan's
+engine calls, and the one-line error on a folder exported without it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_runtime_support import engine_folder, reference, request_for, write_images
+
+from gligen_rt.core.errors import RequestError
+from gligen_rt.runtime import GligenPipeline
+
+STEPS = 8
+GATES = (0.25, 0.0, 0.75)  # 2 grounded steps, 6 plain ones
+K = 3  # plain steps 1 and 4 run a whole UNet, 2, 3, 5, 6 the shallow one
+TOL = 4e-4  # of the latents' largest magnitude (ORT / OpenVINO FP32 against PyTorch: ~1e-4)
+
+LAYOUTS = {"two-unets": ("text-box", False, False), "gate-skip-inpaint": ("text-box", True, True)}
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    from gligen_rt.export.api import export_engines
+
+    modality, inpaint, gate_skip = LAYOUTS[request.param]
+    out = tmp_path_factory.mktemp("feature-cache") / request.param
+    export_engines(
+        "tiny-random",
+        out,
+        modality=modality,
+        inpaint=inpaint,
+        progress=False,
+        gate_skip=gate_skip,
+        feature_cache=True,
+    )
+    return out, inpaint
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return write_images(tmp_path_factory.mktemp("images"))
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_runtime_with_the_cache_equals_the_reference_with_it(
+    case: tuple[Path, bool], backend: str, images: dict[str, str]
+) -> None:
+    folder, inpaint = case
+    ref = reference("text-box", inpaint)
+    req = request_for("text-box", inpaint, images, steps=STEPS, alpha_type=GATES)
+    cached = dataclasses.replace(req, feature_cache=K)
+    want_cached, want_whole = ref(cached).latents, ref(req).latents
+    assert _relative(want_cached, want_whole) > 4 * TOL, "the cache changed nothing in the reference"
+    with GligenPipeline.from_engines(folder, backend, threads=2) as pipe:
+        calls: Counter[str] = Counter()
+        run = pipe.backend.run
+
+        def counting(engine: str, inputs):  # noqa: ANN001, ANN202
+            calls[engine] += 1
+            return run(engine, inputs)
+
+        pipe.backend.run = counting  # type: ignore[method-assign]
+        got_cached = pipe(cached).latents
+        shallow, whole = calls["unet_shallow"], calls["unet"] + calls["unet_plain"]
+        calls.clear()
+        got_whole = pipe(req).latents
+        assert calls["unet_shallow"] == 0
+    assert (shallow, whole) == (4, 5)  # PLMS: the first step calls the UNet twice
+    assert _relative(got_cached, want_cached) < TOL
+    assert _relative(got_whole, want_whole) < TOL
+
+
+def test_a_folder_without_the_cache_says_how_to_get_it(
+    tmp_path_factory: pytest.TempPathFactory, images: dict[str, str]
+) -> None:
+    folder = engine_folder(tmp_path_factory, "text-box", False, plain=True)
+    req = request_for("text-box", False, images, feature_cache=2)
+    with GligenPipeline.from_engines(folder, "ort-cpu", threads=2) as pipe:
+        with pytest.raises(RequestError, match="--feature-cache") as e:
+            pipe(req)
+        assert "\n" not in str(e.value)
+        assert pipe(dataclasses.replace(req, feature_cache=1)).images.shape[0] == 1  # 1: off
