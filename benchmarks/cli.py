@@ -85,8 +85,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="our engines: reuse the deep UNet features, the whole UNet every K-th plain step "
-        "(exported with --feature-cache; the reference and eager baselines run every step whole)",
+        help="also run each of our configurations with the feature cache K (the whole UNet every K-th "
+        "plain step; engines exported with --feature-cache), beside it without, in the same run",
     )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(

@@ -140,6 +140,7 @@ def request_for(
         guidance=guidance,
         sampler=args.sampler,
         beta=0.0 if condition == "grounding-off" else args.beta,
+        feature_cache=args.feature_cache,
     )
 
 
@@ -228,6 +229,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         "guidance": args.guidance,
         "sampler": args.sampler,
         "beta": args.beta,
+        "feature_cache": args.feature_cache,
         "layout_seed": args.layout_seed,
         "n": args.n,
         "results": results,
@@ -300,6 +302,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--sampler", default="plms", choices=["plms", "ddim", "dpmpp_2m", "euler"])
     p.add_argument("--beta", type=float, default=1.0, help="grounded fraction of the steps")
+    p.add_argument(
+        "--feature-cache",
+        type=int,
+        default=0,
+        metavar="K",
+        help="reuse the deep UNet features on the plain steps, the whole UNet every K-th (engines "
+        "exported with --feature-cache; with --beta below 1)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--grid", type=int, default=16, help="images per PNG grid")
     p.add_argument("--out", type=Path, default=Path("eval-out"))

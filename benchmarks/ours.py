@@ -122,7 +122,7 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
                 progress=False,
                 source=source,
                 gate_skip=scenario.gate_skip,
-                feature_cache=scenario.feature_cache >= 2,
+                feature_cache=config.feature_cache >= 2,
             )
             info["export_s"] = time.perf_counter() - tic
         del source

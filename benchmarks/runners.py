@@ -168,8 +168,8 @@ def run_config(
     is_torch = config.kind != "ours"
     threads = _set_threads(scenario) if is_torch else scenario.threads
     request = make_request(scenario, workdir / "inputs")
-    if config.kind == "ours" and scenario.feature_cache >= 2:  # the baselines run every UNet whole
-        request = dataclasses.replace(request, feature_cache=scenario.feature_cache)
+    if config.feature_cache >= 2:  # ours only: the baselines run every UNet whole
+        request = dataclasses.replace(request, feature_cache=config.feature_cache)
     base = rss_bytes()
     gpu = scenario.device == "cuda"
     if gpu and is_torch:

@@ -69,7 +69,7 @@ class Scenario:
     threads: int | None = None  # torch intra-op threads (None: the physical cores)
     matmul_size: int = 4096  # n of the n^3 matmul whose speed is the machine's peak
     gate_skip: bool = False  # our engines: one UNet with the fusers behind an If (no unet_plain)
-    feature_cache: int = 0  # our engines: reuse the deep UNet features, whole UNet every K-th plain step
+    feature_cache: int = 0  # K >= 2: each of our configurations also runs with the feature cache K
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -109,6 +109,7 @@ class Config:
     kind: str
     backend: str = "torch"
     precision: str = "fp32"
+    feature_cache: int = 0  # ours: the request's feature_cache (engines exported with it when >= 2)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -118,7 +119,8 @@ class Config:
     def label(self) -> str:
         """``ours ort-cpu fp32``, ``reference fp32``, ``eager bf16-autocast``."""
         if self.kind == "ours":
-            return f"ours {self.backend} {self.precision}"
+            cache = f" feature-cache {self.feature_cache}" if self.feature_cache >= 2 else ""
+            return f"ours {self.backend} {self.precision}{cache}"
         return f"{self.kind} {self.precision}"
 
     def to_dict(self) -> dict[str, str]:
@@ -126,7 +128,12 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return cls(kind=d["kind"], backend=d.get("backend", "torch"), precision=d.get("precision", "fp32"))
+        return cls(
+            kind=d["kind"],
+            backend=d.get("backend", "torch"),
+            precision=d.get("precision", "fp32"),
+            feature_cache=d.get("feature_cache", 0),
+        )
 
 
 def plan_configs(
@@ -162,6 +169,8 @@ def plan_configs(
                 skipped.append({"label": label, "reason": "this CPU has no BF16 arithmetic"})
             else:
                 configs.append(Config("ours", backend, precision))
+                if scenario.feature_cache >= 2:  # the same engines with and without the cache, one run
+                    configs.append(Config("ours", backend, precision, scenario.feature_cache))
     if eager:
         if Modality(scenario.modality) is not Modality.TEXT_BOX:
             skipped.append(

@@ -79,15 +79,18 @@ def tiny_key(
     precision: str = "fp32",
     seed: int = 0,
     plain: bool = True,
+    feature_cache: bool = False,
 ) -> str:
-    """The cache folder name of one tiny engine folder (`plain`: with the unet_plain engine)."""
+    """The cache folder name of one tiny engine folder (`plain`: with the unet_plain engine;
+    `feature_cache`: with unet_shallow and the UNets' deep output)."""
     config = _tiny_config(modality, inpaint)
     h = hashlib.sha256()
-    for spec in specs_for(config).values():
+    for spec in specs_for(config, feature_cache=feature_cache).values():
         h.update(canonical_json(spec).encode())
     h.update(_source_digest().encode())
     single = "" if plain else "-single-unet"
-    return f"{config.key}-seed{seed}-{precision}{single}-{h.hexdigest()[:12]}"
+    cache = "-feature-cache" if feature_cache else ""
+    return f"{config.key}-seed{seed}-{precision}{single}{cache}-{h.hexdigest()[:12]}"
 
 
 def tiny_engines(
@@ -97,15 +100,17 @@ def tiny_engines(
     precision: str = "fp32",
     seed: int = 0,
     plain: bool = True,
+    feature_cache: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """The engine folder of build_model(tiny_random(modality, inpaint), seed) at `precision`, exported on first use.
 
     plain: also export unet_plain (False: a single-UNet folder; gate-0 steps run `unet` with gate 0).
+    feature_cache: also export unet_shallow (`gligen-rt export --feature-cache`).
     cache_dir: the cache root (default: default_cache_dir()).
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / tiny_key(modality, inpaint, precision, seed, plain)
+    final = root / tiny_key(modality, inpaint, precision, seed, plain, feature_cache)
     if (final / FOLDER_MANIFEST).is_file():
         return final
     # Several processes may ask for the same folder at once (test workers, servers starting
@@ -114,7 +119,7 @@ def tiny_engines(
     with _exclusive(root / f".{final.name}.lock"):
         if (final / FOLDER_MANIFEST).is_file():
             return final
-        return _export_tiny(modality, inpaint, precision, seed, plain, final)
+        return _export_tiny(modality, inpaint, precision, seed, plain, feature_cache, final)
 
 
 @contextlib.contextmanager
@@ -134,7 +139,13 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def _export_tiny(
-    modality: Modality | str, inpaint: bool, precision: str, seed: int, plain: bool, final: Path
+    modality: Modality | str,
+    inpaint: bool,
+    precision: str,
+    seed: int,
+    plain: bool,
+    feature_cache: bool,
+    final: Path,
 ) -> Path:
     try:
         from gligen_rt.export.api import export_engines
@@ -145,7 +156,7 @@ def _export_tiny(
     log.info("exporting the tiny %s model once into %s", _tiny_config(modality, inpaint).key, final)
     # export_engines writes the folder beside `final` and renames it into place when complete.
     config = _tiny_config(modality, inpaint)
-    engines = [n for n in specs_for(config) if plain or n != UNET_PLAIN]
+    engines = [n for n in specs_for(config, feature_cache=feature_cache) if plain or n != UNET_PLAIN]
     return export_engines(
         "tiny-random",
         final,
@@ -155,4 +166,5 @@ def _export_tiny(
         seed=seed,
         progress=False,
         engines=engines,
+        feature_cache=feature_cache,
     )

@@ -1,6 +1,6 @@
 """The feature cache (DeepCache-style reuse of the deep UNet features on plain steps), end to end on
-tiny engine folders exported with --feature-cache: both UNet layouts (unet_plain beside unet; one
-gate-skip unet), ORT CPU and OpenVINO against the reference pipeline with the same cache, the plan's
+tiny engine folders exported with --feature-cache: every UNet layout (unet_plain beside unet; one
+unet run at gate 0; one gate-skip unet, its fusers behind an If), ORT CPU and OpenVINO against the reference pipeline with the same cache, the plan's
 engine calls, and the one-line error on a folder exported without it."""
 
 from __future__ import annotations
@@ -21,25 +21,21 @@ GATES = (0.25, 0.0, 0.75)  # 2 grounded steps, 6 plain ones
 K = 3  # plain steps 1 and 4 run a whole UNet, 2, 3, 5, 6 the shallow one
 TOL = 4e-4  # of the latents' largest magnitude (ORT / OpenVINO FP32 against PyTorch: ~1e-4)
 
-LAYOUTS = {"two-unets": ("text-box", False, False), "gate-skip-inpaint": ("text-box", True, True)}
+LAYOUTS = ("two-unets", "single-unet-inpaint", "gate-skip")
 
 
-@pytest.fixture(scope="module", params=list(LAYOUTS))
+@pytest.fixture(scope="module", params=LAYOUTS)
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
+    """(folder, inpaint); the first two are the tiny cache's (the native suite compares on them)."""
+    if request.param == "two-unets":
+        return engine_folder(tmp_path_factory, "text-box", False, plain=True, feature_cache=True), False
+    if request.param == "single-unet-inpaint":
+        return engine_folder(tmp_path_factory, "text-box", True, plain=False, feature_cache=True), True
     from gligen_rt.export.api import export_engines
 
-    modality, inpaint, gate_skip = LAYOUTS[request.param]
     out = tmp_path_factory.mktemp("feature-cache") / request.param
-    export_engines(
-        "tiny-random",
-        out,
-        modality=modality,
-        inpaint=inpaint,
-        progress=False,
-        gate_skip=gate_skip,
-        feature_cache=True,
-    )
-    return out, inpaint
+    export_engines("tiny-random", out, progress=False, gate_skip=True, feature_cache=True)
+    return out, False
 
 
 @pytest.fixture(scope="module")

@@ -53,12 +53,18 @@ def engine_folder(
     inpaint: bool = False,
     plain: bool = True,
     precision: str = "fp32",
+    feature_cache: bool = False,
 ) -> Path:
     """The tiny engine folder of build_model(tiny_random(modality, inpaint), 0), exported once per session."""
     from gligen_rt.runtime.tiny import tiny_engines
 
     return tiny_engines(
-        modality, inpaint, precision=precision, plain=plain, cache_dir=cache_root(tmp_path_factory)
+        modality,
+        inpaint,
+        precision=precision,
+        plain=plain,
+        feature_cache=feature_cache,
+        cache_dir=cache_root(tmp_path_factory),
     )
 
 

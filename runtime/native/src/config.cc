@@ -50,6 +50,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& d) {
     c.inpaint = d.at("inpaint").get<bool>();
     c.latent_channels = d.at("unet").at("latent_channels").get<int>();
     c.cross_attention_dim = d.at("unet").at("cross_attention_dim").get<int>();
+    c.deep_channels = d.at("unet").at("block_out_channels").at(1).get<int>();
     c.vae_downscale = 1 << (static_cast<int>(d.at("vae").at("block_out_channels").size()) - 1);
     const auto& image = d.value("image", nlohmann::json());
     c.image_size = image.is_object() ? image.at("image_size").get<int>() : 0;

@@ -30,6 +30,7 @@ struct ModelConfig {
   Modality modality = Modality::TextBox;
   bool inpaint = false;
   int latent_channels = 4;
+  int deep_channels = 0;  // unet block_out_channels[1]: the feature cache's `deep` width
   int cross_attention_dim = 768;
   int vae_downscale = 8;
   int image_size = 0;  // CLIP vision input size; 0 without an image encoder

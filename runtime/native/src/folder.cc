@@ -114,7 +114,9 @@ EngineFolder EngineFolder::open(const std::string& path, bool check_sha256) {
                       "): re-export the engine folder");
   }
   for (const auto& e : m["engines"]) folder.engines.push_back(e.get<std::string>());
-  auto expected = specs_for(folder.config, folder.envelope);
+  const bool feature_cache =
+      std::find(folder.engines.begin(), folder.engines.end(), kUnetShallow) != folder.engines.end();
+  auto expected = specs_for(folder.config, folder.envelope, feature_cache);
   std::vector<std::string> missing, unknown;
   for (const auto& n : required_engines(folder.config))
     if (std::find(folder.engines.begin(), folder.engines.end(), n) == folder.engines.end()) missing.push_back(n);

@@ -149,9 +149,13 @@ std::pair<int, int> check_request(const ModelConfig& cfg, const std::map<std::st
   const int unet_batch = r.guidance != 1.0 ? 2 * n : n;
   const std::map<std::string, int> batches = {{kTextEncoder, 2 + n_phr}, {kImageEncoder, n_img}, {kGrounding, 2 * n},
                                               {kUnet, unet_batch},       {kUnetPlain, unet_batch}, {kVaeDecoder, n},
-                                              {kVaeEncoder, 1}};
+                                              {kVaeEncoder, 1},          {kUnetShallow, unet_batch}};
   for (const auto& [name, spec] : specs)
     if (batches.at(name) > 0) concrete_shapes(spec, batches.at(name), H, W);
+  if (r.feature_cache >= 2 && !specs.count(kUnetShallow))
+    throw RequestError("feature_cache " + std::to_string(r.feature_cache) +
+                       " needs engines exported with `gligen-rt export --feature-cache` (this folder has no "
+                       "unet_shallow): re-export, or drop it");
   return {H, W};
 }
 
@@ -235,7 +239,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
   auto scheduler = make_scheduler(r.sampler, static_cast<int>(r.steps));
   const auto gates = request_gates(r.beta, r.alpha_type, cfg.modality, cfg.inpaint,
                                    static_cast<int>(scheduler->timesteps().size()));
-  const auto plan = make_plan(scheduler->timesteps(), gates, backend_->has(kUnetPlain));
+  const auto plan = make_plan(scheduler->timesteps(), gates, backend_->has(kUnetPlain), r.feature_cache);
   if (cfg.inpaint) {
     Shape s = latent_shape;
     s.insert(s.begin(), static_cast<int64_t>(plan.size()));
@@ -262,7 +266,9 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
 
   const float sigma0 = static_cast<float>(scheduler->init_noise_sigma());
   for (float& v : x.data) v = v * sigma0;
-  const double unet_before = run.engine_time(kUnet) + run.engine_time(kUnetPlain);
+  auto unet_time = [&] { return run.engine_time(kUnet) + run.engine_time(kUnetPlain) + run.engine_time(kUnetShallow); };
+  const double unet_before = unet_time();
+  std::optional<Tensor> deep;  // the feature cache: `deep` of the last whole-UNet call
   tic = now();
   const float g32 = static_cast<float>(guidance);
   for (const PlanStep& step : plan) {
@@ -287,9 +293,13 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
         else if (name == "tokens") feeds.push_back(feed(name, cond_tokens));
         else if (name == "gate") feeds.push_back(feed(name, gate));
         else if (name == "extra") feeds.push_back(feed(name, *extra));
+        else if (name == "deep" && deep) feeds.push_back(feed(name, *deep));
+        else if (name == "deep") throw EngineError(step.engine + " has no deep features yet: the plan must run a whole UNet first");
         else throw EngineError(step.engine + " has an input '" + name + "' the runtime does not know: re-export");
       }
-      Tensor e = run(step.engine, feeds).at("eps");
+      auto outs = run(step.engine, feeds);
+      if (auto it = outs.find("deep"); it != outs.end()) deep = std::move(it->second);
+      Tensor e = std::move(outs.at("eps"));
       if (!guided) return e;
       const int64_t half = e.shape[0] / 2;
       Tensor out = e.rows(0, half);
@@ -304,7 +314,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
     result.step_times.push_back(now() - step_tic);
   }
   timings["denoise"] = now() - tic;
-  timings["unet"] = run.engine_time(kUnet) + run.engine_time(kUnetPlain) - unet_before;
+  timings["unet"] = unet_time() - unet_before;
 
   if (!all_finite(x))
     throw NumericalError("NaN or Inf in the latents: try fp32 engines or another seed; nothing was saved");

@@ -47,11 +47,17 @@ std::vector<double> request_gates(const std::optional<double>& beta, const std::
 }
 
 std::vector<PlanStep> make_plan(const std::vector<double>& timesteps, const std::vector<double>& gates,
-                                bool plain_available) {
+                                bool plain_available, int64_t feature_cache) {
   std::vector<PlanStep> plan;
+  int64_t plain_steps = 0;
   for (size_t i = 0; i < timesteps.size(); ++i) {
     const double g = gates.at(i);
-    plan.push_back(PlanStep{static_cast<int>(i), timesteps[i], g, g == 0.0 && plain_available ? "unet_plain" : "unet"});
+    std::string engine = g == 0.0 && plain_available ? "unet_plain" : "unet";
+    if (g == 0.0) {
+      if (feature_cache >= 2 && plain_steps % feature_cache != 0) engine = "unet_shallow";
+      ++plain_steps;
+    }
+    plan.push_back(PlanStep{static_cast<int>(i), timesteps[i], g, engine});
   }
   return plan;
 }

@@ -15,6 +15,7 @@ const char* const kImageEncoder = "image_encoder";
 const char* const kGrounding = "grounding";
 const char* const kUnet = "unet";
 const char* const kUnetPlain = "unet_plain";
+const char* const kUnetShallow = "unet_shallow";
 const char* const kVaeDecoder = "vae_decoder";
 const char* const kVaeEncoder = "vae_encoder";
 
@@ -74,7 +75,7 @@ std::vector<std::string> EngineSpec::output_names() const {
   return out;
 }
 
-std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const ShapeEnvelope& env) {
+std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const ShapeEnvelope& env, bool feature_cache) {
   const int f = config.vae_downscale, d = config.context_dim(), c = config.latent_channels;
   const int b0 = env.batch[0], bo = env.batch[1], b1 = env.batch[2];
   Envelope hw;
@@ -129,12 +130,20 @@ std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const Sha
   const TensorSpec sample = t("sample", {B, c, HL, WL}), timestep = t("timestep", {1}),
                    context = t("context", {B, kTextTokens, d});
   const std::vector<TensorSpec> eps = {t("eps", {B, c, HL, WL})};
+  const TensorSpec deep = t("deep", {B, config.deep_channels, HL, WL});
+  std::vector<TensorSpec> unet_out = eps;
+  if (feature_cache) unet_out.push_back(deep);
   std::vector<TensorSpec> unet_in = {sample, timestep, context, t("tokens", {B, config.num_tokens(), d}), t("gate", {1})};
   if (k) unet_in.push_back(t("extra", {B, k, HL, WL}));
-  specs[kUnet] = EngineSpec{kUnet, unet_in, eps, with_batch(cfg_batch, true)};
+  specs[kUnet] = EngineSpec{kUnet, unet_in, unet_out, with_batch(cfg_batch, true)};
   std::vector<TensorSpec> plain_in = {sample, timestep, context};
-  if (k && config.inpaint) plain_in.push_back(t("extra", {B, k, HL, WL}));
-  specs[kUnetPlain] = EngineSpec{kUnetPlain, plain_in, eps, with_batch(cfg_batch, true)};
+  std::vector<TensorSpec> shallow_in = {sample, timestep, context, deep};
+  if (k && config.inpaint) {
+    plain_in.push_back(t("extra", {B, k, HL, WL}));
+    shallow_in.push_back(t("extra", {B, k, HL, WL}));
+  }
+  specs[kUnetPlain] = EngineSpec{kUnetPlain, plain_in, unet_out, with_batch(cfg_batch, true)};
+  if (feature_cache) specs[kUnetShallow] = EngineSpec{kUnetShallow, shallow_in, eps, with_batch(cfg_batch, true)};
   specs[kVaeDecoder] = EngineSpec{kVaeDecoder, {t("latents", {B, c, HL, WL})}, {t("images", {B, 3, H, W})},
                                   with_batch(env.batch, true)};
   if (config.inpaint)

@@ -52,11 +52,14 @@ extern const char* const kImageEncoder;
 extern const char* const kGrounding;
 extern const char* const kUnet;
 extern const char* const kUnetPlain;
+extern const char* const kUnetShallow;
 extern const char* const kVaeDecoder;
 extern const char* const kVaeEncoder;
 
-// The engines of `config` keyed by name (including unet_plain).
-std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const ShapeEnvelope& env);
+// The engines of `config` keyed by name (including unet_plain); feature_cache: the UNets also
+// output `deep` and unet_shallow exists (engines/spec.py specs_for).
+std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const ShapeEnvelope& env,
+                                            bool feature_cache = false);
 nlohmann::json spec_to_json(const EngineSpec& spec);
 EngineSpec spec_from_json(const nlohmann::json& d);  // throws nlohmann / std exceptions when malformed
 std::string canonical_json(const EngineSpec& spec);

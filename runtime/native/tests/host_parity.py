@@ -150,9 +150,19 @@ def main() -> int:
                         continue
                     cfg = preset(name, modality, inpaint)
                     env = ShapeEnvelope.for_config(cfg, batch=(1, 2, 3))
-                    cmds.append({"cmd": "specs", "model_config": to_dict(cfg), "envelope": env.to_dict()})
-                    expect.append({k: fingerprint(v) for k, v in specs_for(cfg, env).items()})
-                    checks.append(f"specs {cfg.key}")
+                    for fc in (False, True):
+                        cmds.append(
+                            {
+                                "cmd": "specs",
+                                "model_config": to_dict(cfg),
+                                "envelope": env.to_dict(),
+                                "feature_cache": fc,
+                            }
+                        )
+                        expect.append(
+                            {k: fingerprint(v) for k, v in specs_for(cfg, env, feature_cache=fc).items()}
+                        )
+                        checks.append(f"specs {cfg.key}{' feature-cache' if fc else ''}")
 
         box = {"phrase": "a cat", "box": [0.1, 0.1, 0.5, 0.5]}
         requests = [
@@ -171,6 +181,9 @@ def main() -> int:
             ({"prompt": "x", "sampler": "heun"}, "text-box", False),
             ({"prompt": "x", "steps": 0}, "text-box", False),
             ({"prompt": "x", "steps": 1001}, "text-box", False),
+            ({"prompt": "x", "feature_cache": 3}, "text-box", False),
+            ({"prompt": "x", "feature_cache": -1}, "text-box", False),
+            ({"prompt": "x", "feature_cache": 1.5}, "text-box", False),
             ({"prompt": "x", "guidance": -1}, "text-box", False),
             ({"prompt": "x", "height": 100}, "text-box", False),
             ({"prompt": "x", "height": 256, "width": 192}, "text-box", False),

@@ -37,11 +37,16 @@ CASES = (
     "inpaint-text-box",
     "inpaint-text-image-box",
     "tiny",  # the shipped trained tiny model (text-box): a single-UNet folder, FP16 token embedding
+    "feature-cache",  # text-box exported with --feature-cache, two UNets; requests reuse deep features
+    "inpaint-feature-cache",  # the same on inpainting, one UNet (the deep features come from `unet`)
 )
+FEATURE_CACHE_CASES = ("feature-cache", "inpaint-feature-cache")
 
 
 def modality_of(case: str) -> str:
-    return "text-box" if case in ("samplers", "tiny") else case.removeprefix("inpaint-")
+    if case in ("samplers", "tiny", *FEATURE_CACHE_CASES):
+        return "text-box"
+    return case.removeprefix("inpaint-")
 
 
 # Cases whose folder also holds unet_plain (gate-0 steps on the plain UNet); the others are
@@ -57,6 +62,8 @@ def folder_of(case: str) -> Path:
         return trained_tiny_dir() / "engines"
     inpaint = case.startswith("inpaint-")
     modality = modality_of(case)
+    if case in FEATURE_CACHE_CASES:  # the folders tests/test_feature_cache.py exports too
+        return tiny_engines(modality, inpaint, plain=not inpaint, feature_cache=True)
     return tiny_engines(modality, inpaint, plain=case in TWO_UNET_CASES)
 
 
@@ -93,6 +100,8 @@ def make_request(case: str, work: Path, rng: np.random.Generator) -> dict:
         req["condition"] = _png(work / "labels.png", labels)
     else:
         req["condition"] = _png(work / "cond.png", rng.integers(0, 256, (70, 100, 3), dtype=np.uint8))
+    if case in FEATURE_CACHE_CASES:  # 1 grounded step, then plain: whole, shallow, whole
+        req.update(alpha_type=[0.25, 0.0, 0.75], feature_cache=2)
     if case.startswith("inpaint-"):
         req["inpaint_image"] = _png(work / "room.png", rng.integers(0, 256, (110, 150, 3), dtype=np.uint8))
     return req

@@ -56,12 +56,12 @@ set(_native_tests native_host_math_matches_python native_c_api native_bad_input)
 # and inpainting input at once) and the shipped tiny model; the backends run the same graphs by
 # input name whatever the modality, so the other modalities and the samplers (host code) run on
 # OpenVINO FP32 only.
-foreach(case text-box inpaint-text-image-box tiny)
+foreach(case text-box inpaint-text-image-box tiny feature-cache)
   add_test(NAME native_parity_${case}
     COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case ${case} --cli $<TARGET_FILE:gligen-rt-native>)
   list(APPEND _native_tests native_parity_${case})
 endforeach()
-foreach(case text-image-box keypoint hed canny depth normal sem inpaint-text-box)
+foreach(case text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-feature-cache)
   add_test(NAME native_parity_${case}
     COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case ${case} --backends openvino --cli $<TARGET_FILE:gligen-rt-native>)
   list(APPEND _native_tests native_parity_${case})
@@ -76,6 +76,7 @@ endforeach()
 foreach(t native_c_api native_bad_input native_parity_samplers)
   set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED tiny_engines)
 endforeach()
-foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box tiny)
+foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box tiny
+             feature-cache inpaint-feature-cache)
   set_tests_properties(native_parity_${case} PROPERTIES FIXTURES_REQUIRED tiny_engines)
 endforeach()

@@ -75,7 +75,7 @@ json specs(const json& in) {
   ModelConfig c = ModelConfig::from_json(in.at("model_config"));
   ShapeEnvelope env = in.contains("envelope") ? ShapeEnvelope::from_json(in["envelope"]) : ShapeEnvelope::for_config(c);
   json out = json::object();
-  for (const auto& [name, spec] : specs_for(c, env)) out[name] = fingerprint(spec);
+  for (const auto& [name, spec] : specs_for(c, env, in.value("feature_cache", false))) out[name] = fingerprint(spec);
   return out;
 }
 
