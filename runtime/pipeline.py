@@ -199,6 +199,7 @@ class GligenPipeline:
         precision: str = "fp32",
         single_unet: bool = False,
         seed: int = 0,
+        feature_cache: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
         **backend_options: Any,
     ) -> GligenPipeline:
@@ -206,12 +207,19 @@ class GligenPipeline:
 
         precision: "fp32" | "fp16" graphs. single_unet: a folder without unet_plain (exported faster).
         seed: the random weights' seed (build_model(tiny_random(modality, inpaint), seed)).
+        feature_cache: a folder exported with --feature-cache (for requests with feature_cache).
         cache_dir: the cache root (default ~/.cache/gligen-rt, or $GLIGEN_RT_CACHE).
         """
         from .tiny import tiny_engines
 
         path = tiny_engines(
-            modality, inpaint, precision=precision, plain=not single_unet, cache_dir=cache_dir
+            modality,
+            inpaint,
+            precision=precision,
+            seed=seed,
+            plain=not single_unet,
+            feature_cache=feature_cache,
+            cache_dir=cache_dir,
         )
         return cls.from_engines(path, backend, single_unet=single_unet, **backend_options)
 

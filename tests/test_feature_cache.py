@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_runtime_support import engine_folder, reference, request_for, write_images
+from test_runtime_support import cache_root, engine_folder, reference, request_for, write_images
 
 from gligen_rt.core.errors import RequestError
 from gligen_rt.runtime import GligenPipeline
@@ -86,3 +86,24 @@ def test_a_folder_without_the_cache_says_how_to_get_it(
             pipe(req)
         assert "\n" not in str(e.value)
         assert pipe(dataclasses.replace(req, feature_cache=1)).images.shape[0] == 1  # 1: off
+
+
+def test_cli_runs_it_on_tiny_random_and_refuses_it_on_a_folder_without(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`generate --model tiny-random --feature-cache K` exports the folder with the cache; on a
+    folder exported without it the same flag is one line naming the export flag, exit 2, no file."""
+    from gligen_rt.cli import main
+
+    request = ["--prompt", "a cat", "--phrase", "a cat", "--box", "0.1,0.1,0.6,0.6", "--steps", "6"]
+    request += ["--beta", "0.3", "--height", "64", "--width", "64", "--feature-cache", "2"]
+    cache = str(cache_root(tmp_path_factory))
+    tiny = ["generate", "--model", "tiny-random", "--cache-dir", cache, *request]
+    assert main([*tiny, "--out", str(tmp_path / "a.png")]) == 0
+    assert (tmp_path / "a.png").is_file()
+    capsys.readouterr()
+    folder = engine_folder(tmp_path_factory, "text-box", False, plain=True)
+    code = main(["generate", "--engines", str(folder), *request, "--out", str(tmp_path / "b.png")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "--feature-cache" in err, err
+    assert not (tmp_path / "b.png").exists()
