@@ -58,13 +58,15 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "tb16": _export(
             tmp, "tb16", precision="fp16", engines=["text_encoder", "grounding", "unet", "vae_decoder"]
         ),
-        # image encoder, VAE encoder, the inpainting plain UNet with its 9-channel conv_in and `extra`
+        # image encoder, VAE encoder, the inpainting plain UNet with its 9-channel conv_in and `extra`,
+        # and the feature cache's unet_shallow (the plain UNet then also outputs `deep`)
         "tib-inpaint": _export(
             tmp,
             "tib",
             modality="text-image-box",
             inpaint=True,
-            engines=["image_encoder", "grounding", "unet_plain", "vae_encoder"],
+            engines=["image_encoder", "grounding", "unet_plain", "unet_shallow", "vae_encoder"],
+            feature_cache=True,
         ),
         # spatial: grounding with `extra`, condition in pixels, the UNet with `extra` switching
         # conv_in at gate 0
@@ -103,7 +105,9 @@ def test_spec_matches_graph_io(folders: dict[str, Path]):
     for key, name in _engines(folders):
         d = folders[key]
         config = _config_of(d)
-        spec = S.specs_for(config, S.ShapeEnvelope.from_dict(M.load_folder_manifest(d).envelope))[name]
+        manifest = M.load_folder_manifest(d)
+        env = S.ShapeEnvelope.from_dict(manifest.envelope)
+        spec = S.specs_for(config, env, feature_cache=S.UNET_SHALLOW in manifest.engines)[name]
         graph = onnx.load(str(d / f"{name}.onnx"), load_external_data=False)
         assert check_io(graph, spec) == [], (key, name)
         sess = ort_session(d / f"{name}.onnx", 1)

@@ -31,8 +31,9 @@ def _has_gpu() -> bool:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """An FP16 (strongly typed) folder with every engine kind; its grounding engine is an FP32 graph,
-    so both precisions go through the builder (a UNet build takes ~20 s of CPU here, so one folder)."""
+    """An FP16 (strongly typed) folder with every engine kind (the feature cache's unet_shallow
+    included); its grounding engine is an FP32 graph, so both precisions go through the builder (a
+    UNet build takes ~20 s of CPU here, so one folder)."""
     tmp = tmp_path_factory.mktemp("rtx")
     folder = export_engines(
         "tiny-random",
@@ -42,6 +43,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         modality="text-image-box",
         inpaint=True,
         progress=False,
+        feature_cache=True,
     )
     return {"fp16": folder}
 
@@ -84,7 +86,8 @@ def test_tiny_plans_match_onnx_runtime(folders: dict[str, Path], plans: dict[str
     for key, paths in plans.items():
         folder = M.load_folder_manifest(folders[key])
         config = from_dict(folder.model_config)
-        specs = S.specs_for(config, S.ShapeEnvelope.from_dict(folder.envelope))
+        env = S.ShapeEnvelope.from_dict(folder.envelope)
+        specs = S.specs_for(config, env, feature_cache=S.UNET_SHALLOW in folder.engines)
         for plan in paths:
             spec = specs[plan.name.split(".")[0]]
             tol = 2e-2 if M.load_manifest(folders[key] / f"{spec.name}.json").precision == "fp16" else 1e-3
