@@ -34,6 +34,11 @@ class EngineWrapper(nn.Module):
         self.model = model
         self.spec = spec
 
+    @property
+    def deep(self) -> bool:
+        """Whether the spec also outputs the feature cache's ``deep`` (the UNets, export --feature-cache)."""
+        return "deep" in self.spec.output_names
+
 
 class TextEncoder(EngineWrapper):
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,11 +82,6 @@ class UNetGrounded(EngineWrapper):
         [extra (B, k, h, w)] float32 -> eps (B, 4, h, w) [, deep (feature cache)] float32."""
         return self.model.unet_grounded(sample, timestep, context, tokens, gate, extra, self.deep)
 
-    @property
-    def deep(self) -> bool:
-        """Whether the spec also outputs the feature cache's ``deep`` (export --feature-cache)."""
-        return "deep" in self.spec.output_names
-
 
 class UNetPlain(EngineWrapper):
     def forward(
@@ -93,7 +93,7 @@ class UNetPlain(EngineWrapper):
     ) -> torch.Tensor:
         """sample (B, 4, h, w), timestep (1,), context (B, 77, D), [extra (B, 5, h, w) inpainting]
         float32 -> eps (B, 4, h, w) [, deep (feature cache)] float32."""
-        return self.model.unet_plain(sample, timestep, context, extra, "deep" in self.spec.output_names)
+        return self.model.unet_plain(sample, timestep, context, extra, self.deep)
 
 
 class UNetShallow(EngineWrapper):
