@@ -64,6 +64,8 @@ BUILDS: dict[str, tuple[str, str]] = {
     "openvino-bf16": ("bf16", "fp16"),
     "openvino-int8": ("bf16", "int8-w"),
 }
+# Compiled-blob cache of unbuilt (ONNX) folders, read by both runtimes (runtime/native).
+ONNX_CACHE_ENV = "GLIGEN_RT_OPENVINO_CACHE"
 # Seconds between two drops of the weight files' mapped pages while a model compiles: the CPU
 # plugin reads them at page-cache speed, so this bounds the pages resident at once to ~100 MB.
 PAGE_DROP_INTERVAL_S = 0.02
@@ -118,14 +120,26 @@ def compile_model(
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     config = compile_config(precision_hint, cache_dir, threads)
     with mapped_pages_dropped(weight_files(model_path), [cache_dir] if cache_dir is not None else []):
-        if shapes:
+        # An ONNX graph with a cache is read first: OpenVINO then keys its blob on the model's
+        # content, where a path would key it on the file's name (an exported folder replaced in
+        # place keeps its names).
+        if shapes or (cache_dir is not None and Path(model_path).suffix == ".onnx"):
             model = core.read_model(str(model_path))
-            model.reshape({name: list(shape) for name, shape in shapes.items()})
+            if shapes:
+                model.reshape({name: list(shape) for name, shape in shapes.items()})
             compiled = core.compile_model(model, device, config)
             del model
             return compiled
-        # Compiling from the path lets a cached blob skip reading the model at all.
+        # Compiling a built IR from its path lets a cached blob skip reading the model at all.
         return core.compile_model(str(model_path), device, config)
+
+
+def onnx_blob_cache() -> Path | None:
+    """The folder of compiled blobs for graphs compiled from an exported folder's ONNX (no build):
+    $GLIGEN_RT_OPENVINO_CACHE, or None (no cache) when it is unset or empty. Off by default, since a
+    blob is about as large as the graph's weights; a build always caches in DIR/<build>/cache."""
+    value = os.environ.get(ONNX_CACHE_ENV, "").strip()
+    return Path(value) if value else None
 
 
 def weight_files(model_path: str | os.PathLike[str]) -> list[Path]:

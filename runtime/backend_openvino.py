@@ -8,7 +8,8 @@ is compiled at its shape. A dynamic build's request-size engines (grounding, UNe
 compiled static at the shape of their first call (reshaped from the IR; the blob is cached per
 shape) and recompiled when a request of another size or batch comes: one compiled model per
 engine at a time. Without a build, ``openvino`` and ``openvino-bf16`` compile the exported ONNX as
-it is (dynamic shapes, no cache); ``openvino-int8`` needs its build.
+it is (dynamic shapes), with compiled blobs in $GLIGEN_RT_OPENVINO_CACHE when it is set (keyed on
+the graph's content and the properties; no cache otherwise); ``openvino-int8`` needs its build.
 
 An InferRequest is not thread-safe, so each compiled model keeps a pool: a call takes a free
 request (or creates one), runs it, copies the outputs out and returns it.
@@ -26,7 +27,7 @@ import numpy as np
 
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import installed_versions, verify
-from gligen_rt.engines.openvino import BUILDS, check_weights, compile_model, import_openvino
+from gligen_rt.engines.openvino import BUILDS, check_weights, compile_model, import_openvino, onnx_blob_cache
 from gligen_rt.engines.spec import GROUNDING, UNET, UNET_PLAIN, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER
 
 from .arrays import Array
@@ -133,7 +134,7 @@ class OpenVinoBackend(Backend):
                     f"run `gligen-rt build --onnx {folder.path} --backend openvino-int8`"
                 )
             else:
-                engine = _Engine(name, folder.read_onnx(name), self.precision_hint, None, False)
+                engine = _Engine(name, folder.read_onnx(name), self.precision_hint, onnx_blob_cache(), False)
             self.specs[name] = spec
             self._engines[name] = engine
             if not engine.per_shape:  # per-shape engines compile at their first call

@@ -12,6 +12,23 @@ from gligen_rt.core.config import ModelConfig, tiny_random
 from gligen_rt.core.modality import MAX_OBJECTS, MAX_PERSONS, NUM_KEYPOINTS, Modality
 
 
+@pytest.fixture(scope="session", autouse=True)
+def openvino_blob_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """OpenVINO compiles each exported tiny graph once per session: later loads of the same folder
+    (dozens across the suite) read the compiled blob ($GLIGEN_RT_OPENVINO_CACHE, engines/openvino.py;
+    tests/test_openvino.py checks that a blob gives the same image). A value already set is kept."""
+    import os
+
+    from gligen_rt.engines.openvino import ONNX_CACHE_ENV
+
+    if os.environ.get(ONNX_CACHE_ENV, "").strip():
+        yield
+        return
+    os.environ[ONNX_CACHE_ENV] = str(tmp_path_factory.getbasetemp() / "openvino-blobs")
+    yield
+    os.environ.pop(ONNX_CACHE_ENV, None)
+
+
 @pytest.fixture(scope="module")
 def single_thread() -> Iterator[None]:
     """One intra-op thread for a test module (restored after): tiny-model forwards are latency bound,

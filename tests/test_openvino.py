@@ -103,6 +103,45 @@ def test_running_the_ir_does_not_hash_the_onnx(folder: Path, tmp_path: Path) -> 
         GligenPipeline.from_engines(other, "ort-cpu")
 
 
+def test_unbuilt_folder_caches_compiled_blobs_only_when_asked(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """$GLIGEN_RT_OPENVINO_CACHE: an exported folder's graphs compiled once, later loads read the
+    blobs, the image unchanged; unset, nothing is written. The blobs are keyed on the graphs'
+    content: another model's graphs under the same file names compile afresh."""
+    from gligen_rt.engines.openvino import ONNX_CACHE_ENV
+
+    def image_and_cached(folder: Path) -> tuple[np.ndarray, dict[str, bool]]:
+        with GligenPipeline.from_engines(folder, "openvino", threads=2) as p:
+            got = p(request_for("text-box", False, images)).images
+            engines = p.backend._engines
+            return got, {n: bool(e.pool.compiled.get_property("LOADED_FROM_CACHE")) for n, e in engines.items()}
+
+    ignore = shutil.ignore_patterns("ort-*", "openvino*", "tensorrt*")
+    folder = tmp_path / "engines"
+    shutil.copytree(engine_folder(tmp_path_factory, "text-box", False, plain=True), folder, ignore=ignore)
+    blobs = tmp_path / "blobs"
+    monkeypatch.delenv(ONNX_CACHE_ENV, raising=False)
+    plain, cached = image_and_cached(folder)
+    assert not any(cached.values()) and not blobs.exists()
+
+    monkeypatch.setenv(ONNX_CACHE_ENV, str(blobs))
+    first, cached = image_and_cached(folder)
+    assert not any(cached.values()) and len(list(blobs.iterdir())) >= len(cached)
+    again, cached = image_and_cached(folder)
+    assert all(cached.values()), cached
+    assert np.array_equal(first, plain) and np.array_equal(again, plain)
+
+    shutil.rmtree(folder)  # other graphs in the same place, same file names (UNets that also output `deep`)
+    other = engine_folder(tmp_path_factory, "text-box", False, plain=True, feature_cache=True)
+    shutil.copytree(other, folder, ignore=ignore)
+    _, cached = image_and_cached(folder)
+    assert not cached["unet"] and not cached["unet_plain"]
+
+
 def test_every_attention_is_fused(folder: Path) -> None:
     """OpenVINO's CPU plugin runs each attention (SD self- and cross-attention and the fused gated
     self-attention) as one fused kernel, at f32 and bf16, dynamic and static."""

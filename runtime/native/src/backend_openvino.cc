@@ -1,8 +1,10 @@
 // OpenVINO on the CPU through its C++ API (runtime/backend_openvino.py): the exported ONNX graphs
 // compiled with precision hint f32 or bf16 and the latency hint, exactly the Python backend's
-// properties, so both runtimes run the same compiled kernels. An InferRequest is not thread-safe:
+// properties, so both runtimes run the same compiled kernels (and share compiled blobs when
+// $GLIGEN_RT_OPENVINO_CACHE names a folder). An InferRequest is not thread-safe:
 // each engine keeps a pool of free requests. While a graph compiles, this process's resident pages
 // of its mapped weight file are dropped (pages.h), so its weights are resident once, not twice.
+#include <cstdlib>
 #include <mutex>
 #include <set>
 
@@ -21,6 +23,12 @@ std::string first_line(const std::string& s) {
   return t.substr(0, t.find('\n'));
 }
 
+std::string trimmed(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\n") - b + 1);
+}
+
 struct Engine {
   ov::CompiledModel compiled;
   std::map<std::string, ov::Output<const ov::Node>> outputs;
@@ -30,7 +38,10 @@ struct Engine {
 
 class OpenVinoBackend : public Backend {
  public:
-  OpenVinoBackend(bool bf16, int threads) : bf16_(bf16), threads_(threads) {}
+  OpenVinoBackend(bool bf16, int threads) : bf16_(bf16), threads_(threads) {
+    const char* dir = std::getenv("GLIGEN_RT_OPENVINO_CACHE");  // engines/openvino.py ONNX_CACHE_ENV
+    if (dir != nullptr) cache_dir_ = trimmed(dir);
+  }
   std::string name() const override { return bf16_ ? "openvino-bf16" : "openvino"; }
 
   void load(const EngineFolder& folder, const std::vector<std::string>& engines) override {
@@ -43,7 +54,12 @@ class OpenVinoBackend : public Backend {
       try {
         const std::string graph = folder.onnx_path(name);
         MappedPagesDropped dropped({graph, graph + ".data"});
-        e->compiled = core_.compile_model(graph, "CPU", config);
+        if (cache_dir_.empty()) {
+          e->compiled = core_.compile_model(graph, "CPU", config);
+        } else {  // read first, so that the blob is keyed on the graph's content, not its file name
+          config[ov::cache_dir.name()] = cache_dir_;
+          e->compiled = core_.compile_model(core_.read_model(graph), "CPU", config);
+        }
       } catch (const std::exception& ex) {
         throw EngineError("OpenVINO cannot compile " + folder.onnx_path(name) + " (" + first_line(ex.what()) +
                           "): re-export it");
@@ -108,6 +124,7 @@ class OpenVinoBackend : public Backend {
  private:
   bool bf16_;
   int threads_;
+  std::string cache_dir_;  // compiled blobs ($GLIGEN_RT_OPENVINO_CACHE); empty: no cache
   ov::Core core_;
   std::map<std::string, std::unique_ptr<Engine>> engines_;
 };

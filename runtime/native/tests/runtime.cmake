@@ -70,8 +70,12 @@ add_test(NAME native_parity_samplers
   COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case samplers --backends openvino --cli $<TARGET_FILE:gligen-rt-native>)
 list(APPEND _native_tests native_parity_samplers)
 
+# Each test compiles an exported graph once and reads the blob at its later loads, Python's and the
+# CLI's alike ($GLIGEN_RT_OPENVINO_CACHE; blobs do not depend on the precision hint). One folder per
+# test: OpenVINO writes a blob in place, so two processes must never share a folder at once.
 foreach(t ${_native_tests})
-  set_tests_properties(${t} PROPERTIES ENVIRONMENT "${GLIGEN_TEST_ENV}")
+  set_tests_properties(${t} PROPERTIES ENVIRONMENT
+    "${GLIGEN_TEST_ENV};GLIGEN_RT_OPENVINO_CACHE=${CMAKE_BINARY_DIR}/openvino-blobs/${t}")
 endforeach()
 foreach(t native_c_api native_bad_input native_parity_samplers)
   set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED tiny_engines)
