@@ -33,7 +33,10 @@ dir=build/native
 args=(-DCMAKE_BUILD_TYPE=Release)
 if [ "${1:-}" = "--asan" ]; then
   dir=build/native-asan
-  args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DGLIGEN_SANITIZE=ON)
+  # -O1 -g1: the sanitizers' recommended optimization, line tables for their stack traces; compiles
+  # in about half the time of RelWithDebInfo's -O2 -g.
+  args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DGLIGEN_SANITIZE=ON
+        "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG")
 fi
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)

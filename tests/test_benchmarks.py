@@ -27,21 +27,27 @@ def _has_exporter() -> bool:
 # ---- a tiny scenario end to end -------------------------------------------------------------------
 
 
-def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
-    """One repeat of 2 steps at 64 px: one valid JSON line, the markdown table and the plot."""
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bench engine folder for the module's runs (the tiny FP32 engines at 128 px, exported once)."""
+    return tmp_path_factory.mktemp("bench-engines")
+
+
+def test_tiny_scenario_end_to_end(tmp_path: Path, engine_dir: Path) -> None:
+    """One repeat of 2 steps at 128 px: one valid JSON line, the markdown table and the plot."""
     backends = "ort-cpu,tensorrt" if _has_exporter() else "tensorrt"  # no tensorrt on CI: "unavailable"
     out = tmp_path / "results"
     argv = [
-        "bench", "--model", "tiny-random", "--size", "64", "--steps", "2", "--beta", "0.5", "--repeats", "1",
+        "bench", "--model", "tiny-random", "--size", "128", "--steps", "2", "--beta", "0.5", "--repeats", "1",
         "--warmup", "1", "--backends", backends, "--precisions", "fp32", "--eager-precisions", "fp32",
         "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
-        "--out-dir", str(out), "--engine-dir", str(tmp_path / "engines"),
+        "--out-dir", str(out), "--engine-dir", str(engine_dir),
     ]  # fmt: skip
     assert cli_main(argv) == 0
     lines = (out / "bench.jsonl").read_text().splitlines()
     assert len(lines) == 1
     record = json.loads(lines[0])  # strict JSON: no NaN / Infinity
-    assert record["key"] == "tiny-random-text-box-64px-2steps-cpu"
+    assert record["key"] == "tiny-random-text-box-128px-2steps-cpu"
     assert record["command"].startswith("gligen-rt bench --model tiny")
     assert record["env"]["cpu"] and record["env"]["versions"]["torch"]
     labels = {c["label"]: c for c in record["configs"]}
@@ -74,7 +80,7 @@ def test_tiny_scenario_end_to_end(tmp_path: Path) -> None:
     importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
     reason="openvino and nncf are not installed",
 )
-def test_openvino_bf16_and_int8_each_get_their_build(tmp_path: Path) -> None:
+def test_openvino_bf16_and_int8_each_get_their_build(tmp_path: Path, engine_dir: Path) -> None:
     """Both run the one FP32 engine folder; each needs its own IR build. The harness once built
     only the first one's, and int8 then failed for want of its build."""
     out = tmp_path / "results"
@@ -82,7 +88,7 @@ def test_openvino_bf16_and_int8_each_get_their_build(tmp_path: Path) -> None:
         "bench", "--model", "tiny-random", "--size", "128", "--steps", "2", "--beta", "0.5", "--repeats", "1",
         "--warmup", "0", "--backends", "openvino", "--precisions", "bf16,int8", "--no-eager", "--no-reference",
         "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
-        "--out-dir", str(out), "--engine-dir", str(tmp_path / "engines"),
+        "--out-dir", str(out), "--engine-dir", str(engine_dir),
     ]  # fmt: skip
     assert cli_main(argv) == 0
     record = json.loads((out / "bench.jsonl").read_text().splitlines()[0])

@@ -102,6 +102,19 @@ struct PngWrite {
   png_infop info = nullptr;
   ~PngWrite() { png_destroy_write_struct(&png, &info); }
 };
+// libpng reports errors by longjmp back here: a frame that holds no C++ object and changes no local
+// after setjmp, so nothing is skipped or clobbered on that path.
+bool png_write_rgb(png_structp png, png_infop info, FILE* fp, const uint8_t* rgb, int width, int height) {
+  if (setjmp(png_jmpbuf(png))) return false;
+  png_init_io(png, fp);
+  png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+               PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  for (int y = 0; y < height; ++y)
+    png_write_row(png, const_cast<png_bytep>(rgb + static_cast<size_t>(y) * width * 3));
+  png_write_end(png, nullptr);
+  return true;
+}
 }  // namespace
 
 void write_png_atomic(const std::string& path, const uint8_t* rgb, int width, int height) {
@@ -122,19 +135,7 @@ void write_png_atomic(const std::string& path, const uint8_t* rgb, int width, in
     PngWrite w;
     w.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, png_error_fn, png_warning_fn);
     w.info = w.png ? png_create_info_struct(w.png) : nullptr;
-    if (!w.png || !w.info) {
-      ok = false;
-    } else if (setjmp(png_jmpbuf(w.png))) {
-      ok = false;
-    } else {
-      png_init_io(w.png, fp);
-      png_set_IHDR(w.png, w.info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-                   PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-      png_write_info(w.png, w.info);
-      for (int y = 0; y < height; ++y)
-        png_write_row(w.png, const_cast<png_bytep>(rgb + static_cast<size_t>(y) * width * 3));
-      png_write_end(w.png, nullptr);
-    }
+    ok = w.png && w.info && png_write_rgb(w.png, w.info, fp, rgb, width, height);
   }
   if (fp) {
     ok = (std::fflush(fp) == 0) && ok;

@@ -24,7 +24,7 @@ double now() {
 struct TimedRun {
   Backend& backend;
   double total = 0.0;
-  std::map<std::string, double> per_engine;
+  std::map<std::string, double> per_engine{};
   std::map<std::string, Tensor> operator()(const std::string& engine, const std::vector<Feed>& feeds) {
     const double tic = now();
     auto out = backend.run(engine, feeds);

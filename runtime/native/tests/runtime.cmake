@@ -18,11 +18,8 @@ add_executable(gligen_c_api_test ${GLIGEN_RT_TESTS_DIR}/c_api_test.c)
 target_link_libraries(gligen_c_api_test PRIVATE gligen_rt)
 set_target_properties(gligen_c_api_test PROPERTIES LINKER_LANGUAGE CXX)
 
-add_executable(gligen_unit_test ${GLIGEN_RT_TESTS_DIR}/unit_test.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/request.cc ${CMAKE_CURRENT_SOURCE_DIR}/src/config.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/schedule.cc ${CMAKE_CURRENT_SOURCE_DIR}/src/schedulers.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/image.cc ${CMAKE_CURRENT_SOURCE_DIR}/src/grounding.cc
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/spec.cc ${CMAKE_CURRENT_SOURCE_DIR}/src/pages.cc)
+add_executable(gligen_unit_test ${GLIGEN_RT_TESTS_DIR}/unit_test.cc ${CMAKE_CURRENT_SOURCE_DIR}/src/pages.cc
+  $<TARGET_OBJECTS:gligen_host>)
 target_include_directories(gligen_unit_test PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
 target_compile_options(gligen_unit_test PRIVATE ${GLIGEN_STRICT_FP})
 target_link_libraries(gligen_unit_test PRIVATE nlohmann_json::nlohmann_json PNG::PNG OpenSSL::Crypto Threads::Threads)
