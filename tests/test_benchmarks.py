@@ -301,3 +301,29 @@ def test_peak_is_the_best_library_of_the_precision() -> None:
     assert peak_for(record, {"precision": "bf16"}) == ("bf16", 329.0)
     assert peak_for(record, {"precision": "int8"}) == ("bf16", 329.0)
     assert peak_for(record, {"precision": "fp32"}) == ("fp32", 90.0)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_int8_probe_runs_each_variant_against_fp32(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The INT8 probe on the tiny engines (the variants without NNCF: fp32 against itself, bf16):
+    FP32 reproduces its own image, BF16 is close but not equal, one JSON line; bad input is one line."""
+    from test_runtime_support import engine_folder
+
+    from gligen_rt.benchmarks.int8_probe import main as probe
+
+    folder = engine_folder(tmp_path_factory, "text-box", False, plain=True)
+    out = tmp_path / "probe"
+    argv = ["--engines", str(folder), "--out-dir", str(out), "--size", "64", "--steps", "3"]
+    assert probe([*argv, "--variants", "fp32,bf16", "--calibration-runs", "1", "--threads", "2"]) == 0
+    record = json.loads((out / "int8_probe.jsonl").read_text())
+    rows = {r["variant"]: r for r in record["variants"]}
+    assert record["size"] == [64, 64] and record["cpu"]
+    assert rows["fp32"]["psnr_db"] is None and rows["fp32"]["eps_rel_l2"] == 0.0
+    assert 20.0 < rows["bf16"]["psnr_db"] < 99.0 and 0.0 < rows["bf16"]["eps_rel_l2"] < 0.1
+    assert rows["fp32"]["step_s"] > 0 and rows["bf16"]["int8_kernels"] == 0
+    capsys.readouterr()
+    assert probe([*argv, "--variants", "int4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "int4" in err
