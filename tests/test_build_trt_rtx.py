@@ -457,7 +457,7 @@ def test_ort_transformer_optimizer_fuses_attention_for_cpu(tmp_path_factory: pyt
 
     from gligen_rt.engines.ort import optimize_transformer
 
-    src = engine_folder(tmp_path_factory, "text-box", False, plain=False) / "unet.onnx"
+    src = engine_folder(tmp_path_factory, "text-box", False, plain=True) / "unet.onnx"
     out = optimize_transformer(src, tmp_path_factory.mktemp("ortopt") / "unet.onnx", "cpu")
     ops = collections.Counter(n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node)
     assert ops["MultiHeadAttention"] > 0, ops.most_common(10)
