@@ -15,6 +15,8 @@ each with our backend's compile properties (engines/openvino.compile_config):
 | bf16   | BF16 | BF16 | our ``openvino-bf16`` |
 | int8-w | INT8 | BF16 | our ``openvino-int8`` (NNCF weight compression) |
 | w8a8   | INT8 | INT8 | ``nncf.quantize`` (TRANSFORMER preset): every MatMul and convolution |
+| w8a8-sdpa | INT8 | INT8, but BF16 in the attention products (Q K^T, P V) | the same, attention left to the fused kernel |
+| w8a8-split | INT8 | as w8a8-sdpa, and BF16 into the up blocks' shortcut convolutions, conv_in, conv_out | ``_split_sensitive_convs`` |
 | hybrid | INT8 | INT8 in convolutions, BF16 in MatMuls | NNCF's Stable Diffusion recipe |
 
 Calibration inputs are the UNet's own inputs along FP32 trajectories from other noise seeds and
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-VARIANTS = ("fp32", "bf16", "int8-w", "w8a8", "hybrid")
+VARIANTS = ("fp32", "bf16", "int8-w", "w8a8", "w8a8-sdpa", "w8a8-split", "hybrid")
 
 
 def _inputs(model: Any) -> dict[str, Any]:
@@ -84,6 +86,14 @@ def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]
     dataset = nncf.Dataset(calibration)
     if variant == "w8a8":
         return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    if variant in ("w8a8-sdpa", "w8a8-split"):
+        names = _attention_matmuls(model)
+        if variant == "w8a8-split":
+            names += _split_sensitive_convs(model)
+        ignored = nncf.IgnoredScope(names=names)
+        return nncf.quantize(
+            model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration), ignored_scope=ignored
+        )
     if variant == "hybrid":
         compressed = nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=nncf.IgnoredScope(types=["Convolution"])
@@ -100,13 +110,48 @@ def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]
 
 
 def _int8_kernels(compiled: Any) -> int:
-    """Convolution / FullyConnected / MatMul nodes of the runtime graph that run in INT8."""
+    """Nodes of the runtime graph whose first input (the activation) is INT8: convolutions, fully
+    connected layers and attention kernels that compute in INT8 (INT8 weights alone do not count)."""
     n = 0
     for op in compiled.get_runtime_model().get_ordered_ops():
-        info = op.get_rt_info()
-        kind, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
-        n += kind in ("Convolution", "FullyConnected", "MatMul") and precision in ("i8", "u8")
+        if op.get_input_size() and op.input(0).get_element_type().get_type_name() in ("i8", "u8"):
+            n += op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul", "Subgraph")
     return n
+
+
+def _split_sensitive_convs(model: Any) -> list[str]:
+    """Convolutions whose input INT8 serves badly: the 1x1 shortcut of every up-block resnet (its
+    input is the raw concatenation of the skip and the deep features, two ranges in one tensor:
+    Q-Diffusion's shortcut-splitting finding), and the UNet's first and last convolutions."""
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Convolution"
+        and (
+            ("up_blocks" in op.get_friendly_name() and "/conv_shortcut/" in op.get_friendly_name())
+            or "/conv_in/" in op.get_friendly_name()
+            or "/conv_out/" in op.get_friendly_name()
+        )
+    ]
+
+
+def _attention_matmuls(model: Any) -> list[str]:
+    """MatMuls whose two inputs are both activations (the attention products Q K^T and P V)."""
+
+    def constant(output: Any) -> bool:
+        node = output.get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.get_input_size():
+            if node.get_type_name() == "Convert" or node.input_value(0).get_node().get_type_name() == "Constant":
+                node = node.input_value(0).get_node()
+            else:
+                break
+        return node.get_type_name() == "Constant"
+
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and not any(constant(op.input_value(i)) for i in range(2))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -323,6 +323,15 @@ def test_int8_probe_runs_each_variant_against_fp32(
     assert rows["fp32"]["psnr_db"] is None and rows["fp32"]["eps_rel_l2"] == 0.0
     assert 20.0 < rows["bf16"]["psnr_db"] < 99.0 and 0.0 < rows["bf16"]["eps_rel_l2"] < 0.1
     assert rows["fp32"]["step_s"] > 0 and rows["bf16"]["int8_kernels"] == 0
+    import collections
+
+    import openvino as ov
+
+    from gligen_rt.benchmarks.int8_probe import _attention_matmuls
+
+    model = ov.Core().read_model(str(folder / "unet_plain.onnx"))
+    softmaxes = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())["Softmax"]
+    assert len(_attention_matmuls(model)) == 2 * softmaxes > 0  # Q K^T and P V of every attention
     capsys.readouterr()
     assert probe([*argv, "--variants", "int4"]) == 2
     err = capsys.readouterr().err.strip()
