@@ -85,18 +85,26 @@ def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]
         return compress_weights_int8(model)
     dataset = nncf.Dataset(calibration)
     if variant == "w8a8":
-        return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+        return nncf.quantize(
+            model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)
+        )
     if variant in ("w8a8-sdpa", "w8a8-split"):
         names = _attention_matmuls(model)
         if variant == "w8a8-split":
             names += _split_sensitive_convs(model)
         ignored = nncf.IgnoredScope(names=names)
         return nncf.quantize(
-            model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration), ignored_scope=ignored
+            model,
+            dataset,
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+            ignored_scope=ignored,
         )
     if variant == "hybrid":
         compressed = nncf.compress_weights(
-            model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=nncf.IgnoredScope(types=["Convolution"])
+            model,
+            mode=nncf.CompressWeightsMode.INT8_ASYM,
+            ignored_scope=nncf.IgnoredScope(types=["Convolution"]),
         )
         return nncf.quantize(
             compressed,
@@ -115,7 +123,12 @@ def _int8_kernels(compiled: Any) -> int:
     n = 0
     for op in compiled.get_runtime_model().get_ordered_ops():
         if op.get_input_size() and op.input(0).get_element_type().get_type_name() in ("i8", "u8"):
-            n += op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected", "MatMul", "Subgraph")
+            n += op.get_rt_info()["layerType"].astype(str) in (
+                "Convolution",
+                "FullyConnected",
+                "MatMul",
+                "Subgraph",
+            )
     return n
 
 
@@ -140,8 +153,13 @@ def _attention_matmuls(model: Any) -> list[str]:
 
     def constant(output: Any) -> bool:
         node = output.get_node()
-        while node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.get_input_size():
-            if node.get_type_name() == "Convert" or node.input_value(0).get_node().get_type_name() == "Constant":
+        while (
+            node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.get_input_size()
+        ):
+            if (
+                node.get_type_name() == "Convert"
+                or node.input_value(0).get_node().get_type_name() == "Constant"
+            ):
                 node = node.input_value(0).get_node()
             else:
                 break
@@ -156,14 +174,22 @@ def _attention_matmuls(model: Any) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--engines", type=Path, required=True, help="folder with unet_plain.onnx and vae_decoder.onnx")
+    p.add_argument(
+        "--engines", type=Path, required=True, help="folder with unet_plain.onnx and vae_decoder.onnx"
+    )
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--variants", default=",".join(VARIANTS))
-    p.add_argument("--size", type=int, default=None, help="image size in px (default: the UNet's static size)")
+    p.add_argument(
+        "--size", type=int, default=None, help="image size in px (default: the UNet's static size)"
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--calibration-runs", type=int, default=2, help="FP32 trajectories recorded for calibration")
-    p.add_argument("--calibration-samples", type=int, default=24, help="UNet calls kept from them (evenly spread)")
+    p.add_argument(
+        "--calibration-runs", type=int, default=2, help="FP32 trajectories recorded for calibration"
+    )
+    p.add_argument(
+        "--calibration-samples", type=int, default=24, help="UNet calls kept from them (evenly spread)"
+    )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     variants = args.variants.split(",")
@@ -194,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tokens, dim = shapes["context"][1].get_length(), shapes["context"][2].get_length()
     source.reshape({"sample": [2, 4, h, w], "timestep": [1], "context": [2, tokens, dim]})
-    vae = core.compile_model(str(args.engines / "vae_decoder.onnx"), "CPU", compile_config("f32", threads=args.threads))
+    vae = core.compile_model(
+        str(args.engines / "vae_decoder.onnx"), "CPU", compile_config("f32", threads=args.threads)
+    )
 
     def draw(seed: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng(seed)
@@ -254,14 +282,17 @@ def main(argv: list[str] | None = None) -> int:
         "guidance": args.guidance,
         "calibration_samples": len(calibration),
         "openvino": ov.__version__,
-        "command": "python -m gligen_rt.benchmarks.int8_probe " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m gligen_rt.benchmarks.int8_probe "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "variants": rows,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with open(args.out_dir / "int8_probe.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     print(f"\n{record['cpu']}, {8 * h}x{8 * w} px, {args.steps} PLMS steps, CFG {args.guidance}")
-    print("| variant | quantize | UNet step | vs bf16 | eps rel. L2 vs FP32 | image PSNR vs FP32 | INT8 kernels |")
+    print(
+        "| variant | quantize | UNet step | vs bf16 | eps rel. L2 vs FP32 | image PSNR vs FP32 | INT8 kernels |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{base / r['step_s']:.2f}x" if base else "-"

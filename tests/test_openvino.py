@@ -118,7 +118,9 @@ def test_unbuilt_folder_caches_compiled_blobs_only_when_asked(
         with GligenPipeline.from_engines(folder, "openvino", threads=2) as p:
             got = p(request_for("text-box", False, images)).images
             engines = p.backend._engines
-            return got, {n: bool(e.pool.compiled.get_property("LOADED_FROM_CACHE")) for n, e in engines.items()}
+            return got, {
+                n: bool(e.pool.compiled.get_property("LOADED_FROM_CACHE")) for n, e in engines.items()
+            }
 
     ignore = shutil.ignore_patterns("ort-*", "openvino*", "tensorrt*")
     folder = tmp_path / "engines"
