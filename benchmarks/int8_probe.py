@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "--calibration-runs", type=int, default=2, help="FP32 trajectories recorded for calibration"
     )
     p.add_argument(
-        "--calibration-samples", type=int, default=24, help="UNet calls kept from them (evenly spread)"
+        "--calibration-samples", type=int, default=12, help="UNet calls kept from them (evenly spread)"
     )
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
