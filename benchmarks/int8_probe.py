@@ -16,7 +16,7 @@ each with our backend's compile properties (engines/openvino.compile_config):
 | int8-w | INT8 | BF16 | our ``openvino-int8`` (NNCF weight compression) |
 | w8a8   | INT8 | INT8 | ``nncf.quantize`` (TRANSFORMER preset): every MatMul and convolution |
 | w8a8-sdpa | INT8 | INT8, but BF16 in the attention products (Q K^T, P V) | the same, attention left to the fused kernel |
-| w8a8-split | INT8 | as w8a8-sdpa, and BF16 into the up blocks' shortcut convolutions, conv_in, conv_out | ``_split_sensitive_convs`` |
+| w8a8-split | INT8 | as w8a8-sdpa, and BF16 into the up blocks' shortcut convolutions, conv_in, conv_out | engines/openvino.py ``split_convolutions``: what ``openvino-int8a`` builds |
 | hybrid | INT8 | INT8 in convolutions, BF16 in MatMuls | NNCF's Stable Diffusion recipe |
 
 Calibration inputs are the UNet's own inputs along FP32 trajectories from other noise seeds and
@@ -79,6 +79,8 @@ def _image(vae: Any, latents: np.ndarray) -> np.ndarray:
 def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]) -> Any:
     import nncf
 
+    from gligen_rt.engines.openvino import attention_products, split_convolutions
+
     if variant == "int8-w":
         from gligen_rt.engines.openvino import compress_weights_int8
 
@@ -89,9 +91,9 @@ def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)
         )
     if variant in ("w8a8-sdpa", "w8a8-split"):
-        names = _attention_matmuls(model)
+        names = attention_products(model)
         if variant == "w8a8-split":
-            names += _split_sensitive_convs(model)
+            names += split_convolutions(model)
         ignored = nncf.IgnoredScope(names=names)
         return nncf.quantize(
             model,
@@ -115,61 +117,6 @@ def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]
             advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1),
         )
     return model
-
-
-def _int8_kernels(compiled: Any) -> int:
-    """Nodes of the runtime graph whose first input (the activation) is INT8: convolutions, fully
-    connected layers and attention kernels that compute in INT8 (INT8 weights alone do not count)."""
-    n = 0
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        if op.get_input_size() and op.input(0).get_element_type().get_type_name() in ("i8", "u8"):
-            n += op.get_rt_info()["layerType"].astype(str) in (
-                "Convolution",
-                "FullyConnected",
-                "MatMul",
-                "Subgraph",
-            )
-    return n
-
-
-def _split_sensitive_convs(model: Any) -> list[str]:
-    """Convolutions whose input INT8 serves badly: the 1x1 shortcut of every up-block resnet (its
-    input is the raw concatenation of the skip and the deep features, two ranges in one tensor:
-    Q-Diffusion's shortcut-splitting finding), and the UNet's first and last convolutions."""
-    return [
-        op.get_friendly_name()
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "Convolution"
-        and (
-            ("up_blocks" in op.get_friendly_name() and "/conv_shortcut/" in op.get_friendly_name())
-            or "/conv_in/" in op.get_friendly_name()
-            or "/conv_out/" in op.get_friendly_name()
-        )
-    ]
-
-
-def _attention_matmuls(model: Any) -> list[str]:
-    """MatMuls whose two inputs are both activations (the attention products Q K^T and P V)."""
-
-    def constant(output: Any) -> bool:
-        node = output.get_node()
-        while (
-            node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.get_input_size()
-        ):
-            if (
-                node.get_type_name() == "Convert"
-                or node.input_value(0).get_node().get_type_name() == "Constant"
-            ):
-                node = node.input_value(0).get_node()
-            else:
-                break
-        return node.get_type_name() == "Constant"
-
-    return [
-        op.get_friendly_name()
-        for op in model.get_ordered_ops()
-        if op.get_type_name() == "MatMul" and not any(constant(op.input_value(i)) for i in range(2))
-    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gligen_rt.benchmarks.env import cpu_model
     from gligen_rt.core.imageio import psnr
-    from gligen_rt.engines.openvino import compile_config
+    from gligen_rt.engines.openvino import compile_config, int8_kernels
 
     core = ov.Core()
     source = core.read_model(str(args.engines / "unet_plain.onnx"))
@@ -269,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "step_s": round(statistics.median(times[1:]), 4),
                 "eps_rel_l2": round(max(errors), 5),
                 "psnr_db": None if not np.isfinite(value) else round(float(value), 2),
-                "int8_kernels": _int8_kernels(compiled),
+                "int8_kernels": int8_kernels(compiled),
             }
         )
         print(json.dumps(rows[-1]), flush=True)

@@ -13,6 +13,7 @@
 | openvino       | <engine>.xml/.bin (FP32 IR) + cache/       | OpenVINO IR, compiled once into cache/     |
 | openvino-bf16  | <engine>.xml/.bin (FP16 IR) + cache/       | same, BF16 inference                      |
 | openvino-int8  | <engine>.xml/.bin (INT8 weights) + cache/  | same, NNCF INT8 weight compression         |
+| openvino-int8a | <engine>.xml/.bin (UNets W8A8) + cache/    | same, UNets quantized on calibration inputs (runtime/calibrate.py) |
 
 A manifest's `artifact` is relative to the manifest's folder. Every file is written atomically,
 so an interrupted build leaves no half-written artifact; re-running it rebuilds what is missing.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +64,10 @@ OPENVINO_PRECISIONS = {
     "fp32": "openvino",
     "bf16": "openvino-bf16",
     "int8-w": "openvino-int8",
+    "int8-a": "openvino-int8a",
 }
+# Engines whose activations openvino-int8a quantizes (the others get its INT8 weights only).
+CALIBRATED_ENGINES = (UNET, UNET_PLAIN, UNET_SHALLOW)
 # TensorRT builders (also ONNX Runtime's TensorRT provider) that can run an FP32 graph at FP16.
 _TRT_FAMILY = ("tensorrt", "tensorrt-rtx", "ort-trt")
 # Engines that `static` fixes, and their batch per requested image (the CFG batch is 2x).
@@ -103,6 +108,7 @@ def build(
     engines: list[str] | None = None,
     workspace: int | None = None,
     threads: int | None = None,
+    calibration: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
 ) -> list[Path]:
     """Build every engine of the folder `onnx_dir` for `backend`; returns the artifact paths.
 
@@ -114,14 +120,17 @@ def build(
         shape (min = opt = max) for CUDA graphs; the encoders stay dynamic.
     engines: a subset of the folder's engines (default: all of them).
     out_dir: default DIR/<backend>.
+    calibration: openvino-int8a: {engine: [{input: array}, ...]} for each UNet it builds (their
+        inputs along real trajectories, runtime/calibrate.py ``collect``; at the static shape when
+        one is given).
     """
     if backend not in BUILD_BACKENDS:
         raise EngineError(f"unknown backend {backend!r}: choose one of {', '.join(BUILD_BACKENDS)}")
     if backend.startswith("openvino"):
         if precision not in OPENVINO_PRECISIONS:
             raise EngineError(
-                f"openvino precision {precision!r} is not one of fp32, bf16, int8-w: "
-                "or use --backend openvino-bf16 / openvino-int8"
+                f"openvino precision {precision!r} is not one of fp32, bf16, int8-w, int8-a: "
+                "or use --backend openvino-bf16 / openvino-int8 / openvino-int8a"
             )
         if backend == "openvino":
             backend = OPENVINO_PRECISIONS[precision]
@@ -138,6 +147,14 @@ def build(
     unknown = [n for n in names if n not in folder.engines]
     if unknown:
         raise EngineError(f"{src} has no engines {unknown}: it holds {list(folder.engines)}")
+    if backend == "openvino-int8a":
+        missing = [n for n in names if n in CALIBRATED_ENGINES and not (calibration or {}).get(n)]
+        if missing:
+            raise EngineError(
+                f"openvino-int8a quantizes {', '.join(missing)} on calibration inputs and has none: "
+                "build with `gligen-rt build` (it records them) or pass calibration="
+                "gligen_rt.runtime.calibrate.collect(DIR)"
+            )
     out.mkdir(parents=True, exist_ok=True)
     built: list[Path] = []
     bar = _progress(names, progress, f"build {backend}")
@@ -170,6 +187,7 @@ def build(
                 static=_static_for(spec, static),
                 workspace=workspace,
                 threads=threads,
+                calibration=(calibration or {}).get(name) if backend == "openvino-int8a" else None,
             )
         )
     return built
@@ -187,6 +205,7 @@ def _build_one(
     static: tuple[int, int, int] | None,
     workspace: int | None,
     threads: int | None,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     if backend in ("tensorrt", "tensorrt-rtx"):
         from gligen_rt.engines.tensorrt import PLAN_SUFFIX, build_engine, choose_flavor
@@ -208,7 +227,7 @@ def _build_one(
         spec = make_static(spec, *static)
     if backend.startswith("ort-"):
         return _build_ort(backend, onnx_path, spec, source, out, precision=precision, threads=threads)
-    return _build_openvino(backend, onnx_path, spec, source, out, threads=threads)
+    return _build_openvino(backend, onnx_path, spec, source, out, threads=threads, calibration=calibration)
 
 
 def _flavor(graph_precision: str, precision: str) -> str:
@@ -315,20 +334,40 @@ def _build_openvino(
     out: Path,
     *,
     threads: int | None,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
-    """OpenVINO IR (weights as the build asks) and its compiled blob in out/cache."""
+    """OpenVINO IR (weights as the build asks) and its compiled blob in out/cache.
+
+    openvino-int8a: the UNets (``calibration`` given) are quantized W8A8, every other engine gets
+    INT8 weights (int8-w)."""
     from gligen_rt.engines.manifest import sha256_file
     from gligen_rt.engines.openvino import BUILDS, IR_SUFFIX, compile_model, import_openvino, save_ir
 
     ov = import_openvino()
     hint, weights = BUILDS[backend]
+    if weights == "int8-a" and not calibration:
+        weights = "int8-w"  # engines without calibration inputs: INT8 weights only
     shapes = None
     if spec.envelope.is_static:
         env = spec.envelope
         point = [r[0] if r else 1 for r in (env.batch, env.height, env.width)]
         all_shapes = concrete_shapes(spec, *point)
         shapes = {n: all_shapes[n] for n in spec.input_names}
-    xml = save_ir(onnx_path, out / f"{spec.name}{IR_SUFFIX}", weights, shapes=shapes)
+    calibration_info = None
+    if weights == "int8-a":
+        assert calibration is not None
+        _check_calibration(spec, calibration, shapes)
+        calibration_info = {
+            "samples": len(calibration),
+            "shapes": {k: list(v.shape) for k, v in calibration[0].items()},
+        }
+    xml = save_ir(
+        onnx_path,
+        out / f"{spec.name}{IR_SUFFIX}",
+        weights,
+        shapes=shapes,
+        calibration=calibration if weights == "int8-a" else None,
+    )
     bin_path = xml.with_suffix(".bin")
     compiled = compile_model(xml, "CPU", hint, out / "cache", threads=threads)
     del compiled  # compiling is the build: the blob is in out/cache now
@@ -348,6 +387,7 @@ def _build_openvino(
             "weights_sha256": sha256_file(bin_path),
             "cache_dir": "cache",
             "shapes": {k: list(v) for k, v in shapes.items()} if shapes else None,
+            "calibration": calibration_info,
         },
         library_versions={"openvino": str(ov.__version__)},
     )
@@ -355,12 +395,42 @@ def _build_openvino(
     return xml
 
 
+def _check_calibration(
+    spec: EngineSpec,
+    calibration: Sequence[Mapping[str, Any]],
+    shapes: Mapping[str, tuple[int, ...]] | None,
+) -> None:
+    """EngineError (one line) unless every calibration input names the engine's inputs, with one
+    shape throughout (the static shape, for a static build)."""
+    want = set(spec.input_names)
+    for feed in calibration:
+        if set(feed) != want:
+            raise EngineError(
+                f"calibration inputs of {spec.name} name {sorted(feed)}, the engine takes {sorted(want)}"
+            )
+    first = {k: tuple(v.shape) for k, v in calibration[0].items()}
+    if any({k: tuple(v.shape) for k, v in feed.items()} != first for feed in calibration):
+        raise EngineError(f"calibration inputs of {spec.name} come in several shapes: give one size")
+    if shapes and any(tuple(shapes[k]) != first[k] for k in first):
+        raise EngineError(
+            f"calibration inputs of {spec.name} have shapes {first}, its static build {dict(shapes)}: "
+            "calibrate at the static size and image count"
+        )
+
+
 # Backends whose build needs an NVIDIA GPU (TensorRT-RTX builds without one).
 GPU_BUILD_BACKENDS = tuple(b for b in GPU_BACKENDS if b != "tensorrt-rtx")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `gligen-rt build --onnx DIR --backend B` to the main parser."""
+# (onnx_dir, request files or None for the defaults, samples per engine, (images, height, width) or
+# None, threads) -> {engine: calibration inputs}: runtime/calibrate.py, handed in by the CLI (the
+# runtime sits above engines/).
+Calibrate = Callable[[Path, Sequence[Path] | None, int, tuple[int, int, int] | None, int | None], Any]
+
+
+def register(subparsers: argparse._SubParsersAction, calibrate: Calibrate | None = None) -> None:
+    """Add `gligen-rt build --onnx DIR --backend B` to the main parser; ``calibrate`` records the
+    calibration inputs of an openvino-int8a build."""
     p = subparsers.add_parser(
         "build",
         help="build an exported engine folder for a backend",
@@ -372,15 +442,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: DIR/<backend>)")
     p.add_argument(
         "--precision",
-        choices=["fp32", "fp16", "bf16", "int8-w"],
+        choices=["fp32", "fp16", "bf16", "int8-w", "int8-a"],
         default=None,
-        help="default: as exported (openvino: bf16 / int8-w select openvino-bf16 / openvino-int8)",
+        help="default: as exported (openvino: bf16 / int8-w / int8-a select openvino-bf16 / "
+        "openvino-int8 / openvino-int8a)",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="REQUEST.json",
+        help="openvino-int8a: requests whose trajectories calibrate the UNets' INT8 activations, "
+        "like the ones you will run (default: four built-in text-box scenes)",
+    )
+    p.add_argument(
+        "--calibration-samples",
+        type=int,
+        default=16,
+        help="openvino-int8a: UNet inputs kept per engine, spread over the trajectories",
     )
     p.add_argument("--static", default=None, help="images,height,width: one fixed shape (CUDA graphs)")
     p.add_argument("--engines", default=None, help="comma-separated subset of the folder's engines")
     p.add_argument("--workspace", type=int, default=None, help="TensorRT workspace in MiB")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's)")
-    p.set_defaults(func=_cmd_build)
+    p.set_defaults(func=_cmd_build, calibrate=calibrate)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -396,8 +482,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
         from gligen_rt.engines.gpu import require_gpu
 
         require_gpu(f"build --backend {args.backend}")
-    out = Path(args.out) if args.out is not None else Path(args.onnx) / args.backend
+    resolved = args.backend
+    if args.backend == "openvino" and args.precision in OPENVINO_PRECISIONS:
+        resolved = OPENVINO_PRECISIONS[args.precision]
+    if args.calibration is not None and resolved != "openvino-int8a":
+        raise EngineError("--calibration calibrates INT8 activations: it belongs to --backend openvino-int8a")
+    if args.calibration_samples < 1:
+        raise EngineError(f"--calibration-samples {args.calibration_samples}: give at least 1")
+    out = Path(args.out) if args.out is not None else Path(args.onnx) / resolved
     existed = out.exists()
+    calibration = None
+    if resolved == "openvino-int8a":
+        if args.calibrate is None:
+            raise EngineError("this command line cannot record calibration inputs: run `gligen-rt build`")
+        load_folder_manifest(Path(args.onnx))  # a missing or broken folder: its own one line first
+        calibration = args.calibrate(
+            Path(args.onnx), args.calibration, args.calibration_samples, static, args.threads
+        )
     try:
         paths = build(
             args.onnx,
@@ -408,6 +509,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
             engines=args.engines.split(",") if args.engines else None,
             workspace=args.workspace << 20 if args.workspace else None,
             threads=args.threads,
+            calibration=calibration,
         )
     except BaseException:
         if not existed and out.is_dir() and not any(out.iterdir()):

@@ -8,10 +8,12 @@ the same name:
 | openvino        | FP32               | f32                 | exact (~1e-6 of the ONNX graph)       |
 | openvino-bf16   | FP16               | bf16 (AVX512_BF16 / AMX units) | eps relative L2 ~2.6e-2    |
 | openvino-int8   | INT8 (NNCF, asym.) | bf16 activations    | weights 1 byte each in memory         |
+| openvino-int8a  | INT8, UNets W8A8   | int8 activations in the UNets' convolutions and linear layers, bf16 elsewhere | calibration at build time; measured below |
 
 The IR is written by ``ov.save_model`` (``compress_to_fp16`` for bf16: the CPU converts the weights
 to BF16 while compiling, so FP16 storage loses nothing BF16 keeps; INT8 by
-``nncf.compress_weights``). Loading compiles the IR and keeps only the compiled model: the read
+``nncf.compress_weights``; the UNets of ``openvino-int8a`` by ``nncf.quantize`` on calibration inputs, see
+``quantize_int8``). Loading compiles the IR and keeps only the compiled model: the read
 model is released. With ``cache_dir`` (OpenVINO's CACHE_DIR) compiled blobs are kept there and later
 loads skip compilation (measured in benchmarks/README.md).
 
@@ -45,7 +47,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +58,16 @@ log = logging.getLogger(__name__)
 PRECISION_HINTS = ("f32", "bf16", "f16")
 IR_SUFFIX = ".xml"  # + .bin beside it (the weights)
 # Weight storage of the IR: "fp32" as exported, "fp16" (ov.save_model's compress_to_fp16),
-# "int8-w" (NNCF weight compression, INT8 asymmetric per output channel).
-WEIGHT_FORMATS = ("fp32", "fp16", "int8-w")
+# "int8-w" (NNCF weight compression, INT8 asymmetric per output channel), "int8-a" (NNCF
+# post-training quantization: INT8 weights and INT8 activations, from calibration inputs).
+WEIGHT_FORMATS = ("fp32", "fp16", "int8-w", "int8-a")
 # build / runtime backend -> (inference precision hint, IR weight format)
 BUILDS: dict[str, tuple[str, str]] = {
     "openvino": ("f32", "fp32"),
     "openvino-bf16": ("bf16", "fp16"),
     "openvino-int8": ("bf16", "int8-w"),
+    # The UNets "int8-a" (their calibration inputs come from the build); every other engine int8-w.
+    "openvino-int8a": ("bf16", "int8-a"),
 }
 # Compiled-blob cache of unbuilt (ONNX) folders, read by both runtimes (runtime/native).
 ONNX_CACHE_ENV = "GLIGEN_RT_OPENVINO_CACHE"
@@ -223,14 +228,18 @@ def save_ir(
     weights: str = "fp32",
     *,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    calibration: Sequence[Mapping[str, Any]] | None = None,
 ) -> Path:
     """Convert an exported graph to OpenVINO IR (xml + bin), atomically (the .xml appears last).
 
-    weights: "fp32" | "fp16" | "int8-w" (see WEIGHT_FORMATS); shapes: {input: shape} saves a static
-    IR (compiled without a reshape at load). Returns the .xml path.
+    weights: "fp32" | "fp16" | "int8-w" | "int8-a" (see WEIGHT_FORMATS); shapes: {input: shape}
+    saves a static IR (compiled without a reshape at load); calibration: the graph's inputs
+    ({input: array} each) that "int8-a" quantizes on (quantize_int8). Returns the .xml path.
     """
     if weights not in WEIGHT_FORMATS:
         raise ValueError(f"weight format {weights!r} is not one of {WEIGHT_FORMATS}")
+    if weights == "int8-a" and not calibration:
+        raise ValueError("weight format int8-a needs calibration inputs")
     ov = import_openvino()
     xml = Path(xml_path)
     model = ov.Core().read_model(str(onnx_path))
@@ -239,14 +248,18 @@ def save_ir(
     xml.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=xml.parent, prefix=f".{xml.name}."))
     try:
-        if weights == "int8-w":
+        if weights in ("int8-w", "int8-a"):
             if any(op.get_type_name() == "If" for op in model.get_ordered_ops()):
                 # A gate-skip UNet (fusers behind If): NNCF cannot build its graph of the model as
                 # read from ONNX (the bodies' nodes are not found); read back from IR it can.
                 ov.save_model(model, str(tmp / "fp32.xml"), compress_to_fp16=False)
                 del model
                 model = ov.Core().read_model(str(tmp / "fp32.xml"))
-            model = compress_weights_int8(model)
+            if weights == "int8-w":
+                model = compress_weights_int8(model)
+            else:
+                assert calibration is not None
+                model = quantize_int8(model, calibration)
         ov.save_model(model, str(tmp / xml.name), compress_to_fp16=weights == "fp16")
         del model
         os.replace(tmp / xml.with_suffix(".bin").name, xml.with_suffix(".bin"))
@@ -256,6 +269,26 @@ def save_ir(
     return xml
 
 
+def _import_nncf() -> Any:
+    try:
+        import nncf
+    except ImportError:
+        raise BackendUnavailable("nncf is not installed: pip install 'gligen-rt[openvino]'") from None
+    return nncf
+
+
+@contextlib.contextmanager
+def _nncf_on_stderr(nncf: Any) -> Iterator[None]:
+    """NNCF's progress bars on stderr (stdout is the build's list of artifacts), its INFO tables off."""
+    level = logging.getLogger("nncf").level
+    nncf.set_log_level(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        nncf.set_log_level(level)
+
+
 def compress_weights_int8(model: Any) -> Any:
     """NNCF's INT8 weight compression (asymmetric, per output channel) of an ov.Model.
 
@@ -263,16 +296,98 @@ def compress_weights_int8(model: Any) -> Any:
     decompresses them inside its kernels, so they stay 1 byte each in memory. Activations are not
     quantized (no calibration data).
     """
-    try:
-        import nncf
-    except ImportError:
-        raise BackendUnavailable("nncf is not installed: pip install 'gligen-rt[openvino]'") from None
+    nncf = _import_nncf()
     mode = nncf.CompressWeightsMode.INT8_ASYM
-    for op in model.get_ordered_ops():
-        if op.get_type_name() == "If":  # NNCF leaves If bodies (the gate-skip fusers) alone: do each
-            for i in range(2):
-                op.set_function(i, nncf.compress_weights(op.get_function(i), mode=mode))
-    return nncf.compress_weights(model, mode=mode)
+    with _nncf_on_stderr(nncf):
+        for op in model.get_ordered_ops():
+            if op.get_type_name() == "If":  # NNCF leaves If bodies (the gate-skip fusers) alone: do each
+                for i in range(2):
+                    op.set_function(i, nncf.compress_weights(op.get_function(i), mode=mode))
+        return nncf.compress_weights(model, mode=mode)
+
+
+def quantize_int8(model: Any, calibration: Sequence[Mapping[str, Any]]) -> Any:
+    """NNCF post-training quantization of a UNet (ov.Model): INT8 weights and INT8 activations into
+    its convolutions and linear layers, on statistics of ``calibration`` (its inputs along real
+    trajectories, {input: array} each; every one is used).
+
+    Left in BF16 (``int8_ignored``), as measured at SD-1.4 size by benchmarks/int8_probe.py (all
+    INT8: 39.4 dB against FP32; this split: 44.7 dB at 1.56x BF16's step):
+    - the attention products Q K^T and P V: they stay inside OpenVINO's fused attention kernel;
+    - the 1x1 shortcut convolution of every up-block resnet, whose input concatenates the skip and
+      the deep features (two value ranges under one INT8 scale), and the UNet's conv_in / conv_out.
+    NNCF's transformer preset: symmetric per-channel weights, SmoothQuant on the linear layers.
+    """
+    nncf = _import_nncf()
+    with _nncf_on_stderr(nncf):
+        return nncf.quantize(
+            model,
+            nncf.Dataset(list(calibration)),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(calibration),
+            ignored_scope=nncf.IgnoredScope(names=int8_ignored(model), validate=False),
+        )
+
+
+def int8_ignored(model: Any) -> list[str]:
+    """Node names quantize_int8 keeps out of INT8 activations: attention_products + split_convolutions."""
+    return attention_products(model) + split_convolutions(model)
+
+
+def split_convolutions(model: Any) -> list[str]:
+    """Convolutions whose input INT8 serves badly: the 1x1 shortcut of every up-block resnet (its
+    input is the raw concatenation of the skip and the deep features, two ranges in one tensor:
+    Q-Diffusion's shortcut-splitting finding), and the UNet's first and last convolutions."""
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Convolution"
+        and (
+            ("up_blocks" in op.get_friendly_name() and "/conv_shortcut/" in op.get_friendly_name())
+            or "/conv_in/" in op.get_friendly_name()
+            or "/conv_out/" in op.get_friendly_name()
+        )
+    ]
+
+
+def attention_products(model: Any) -> list[str]:
+    """MatMuls whose two inputs are both activations (the attention products Q K^T and P V)."""
+
+    def constant(output: Any) -> bool:
+        node = output.get_node()
+        while (
+            node.get_type_name() in ("Convert", "Reshape", "Transpose", "Unsqueeze") and node.get_input_size()
+        ):
+            if (
+                node.get_type_name() == "Convert"
+                or node.input_value(0).get_node().get_type_name() == "Constant"
+            ):
+                node = node.input_value(0).get_node()
+            else:
+                break
+        return node.get_type_name() == "Constant"
+
+    return [
+        op.get_friendly_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and not any(constant(op.input_value(i)) for i in range(2))
+    ]
+
+
+def int8_kernels(compiled: Any) -> int:
+    """Nodes of a compiled model's runtime graph whose first input (the activation) is INT8:
+    convolutions, fully connected layers and attention kernels that compute in INT8 (INT8 weights
+    alone do not count)."""
+    n = 0
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        if op.get_input_size() and op.input(0).get_element_type().get_type_name() in ("i8", "u8"):
+            n += op.get_rt_info()["layerType"].astype(str) in (
+                "Convolution",
+                "FullyConnected",
+                "MatMul",
+                "Subgraph",
+            )
+    return n
 
 
 def weights_path(xml_path: str | os.PathLike[str]) -> Path:

@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from gligen_rt.cli_parser import MODEL_NAMES, Parser, add_verbose, checkpoint_path
 from gligen_rt.cli_request import add_request_args, planned_outputs, request_from_args, summary
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         register_train = None
 
     register_export(sub)
-    register_build(sub)
+    register_build(sub, calibrate=_calibrate)
     register_bench(sub)
     register_inspect(sub)
     register_serve(sub)
@@ -303,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
         if "-v" not in command._option_string_actions:
             add_verbose(command)
     return parser
+
+
+def _calibrate(*args: Any) -> Any:
+    """`build --backend openvino-int8a`'s calibration inputs (runtime/calibrate.py, imported when used)."""
+    from gligen_rt.runtime.calibrate import for_build
+
+    return for_build(*args)
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -19,6 +19,7 @@ serialized by a per-engine lock. ``load`` and ``close`` are not thread-safe.
 | openvino      | OpenVINO CPU, FP32                        | DIR/openvino/<engine>.xml IR + cache (built), else DIR/<engine>.onnx |
 | openvino-bf16 | OpenVINO CPU, BF16                        | DIR/openvino-bf16/ (built), else DIR/<engine>.onnx |
 | openvino-int8 | OpenVINO CPU, INT8 weights, BF16          | DIR/openvino-int8/ (required)                 |
+| openvino-int8a| OpenVINO CPU, UNets W8A8, BF16 elsewhere  | DIR/openvino-int8a/ (required)                |
 | torch         | the PyTorch reference (parity)            | the model the folder was exported from        |
 """
 
@@ -100,7 +101,7 @@ def make_backend(name: str, *, device_id: int | None = None, **options: Any) -> 
         from .backend_ort import OrtBackend
 
         return OrtBackend(name.removeprefix("ort-"), **options)
-    if name in ("openvino", "openvino-bf16", "openvino-int8"):
+    if name in ("openvino", "openvino-bf16", "openvino-int8", "openvino-int8a"):
         from .backend_openvino import OpenVinoBackend
 
         return OpenVinoBackend(name, **options)

@@ -1,4 +1,5 @@
-"""OpenVINO on the CPU: FP32 (``openvino``), BF16 (``openvino-bf16``), INT8 weights (``openvino-int8``).
+"""OpenVINO on the CPU: FP32 (``openvino``), BF16 (``openvino-bf16``), INT8 weights (``openvino-int8``),
+INT8 activations in the UNets (``openvino-int8a``).
 
 With a build (``gligen-rt build --backend B`` wrote DIR/B/) each engine is compiled from its IR
 (read model released after compiling; the pages of the memory-mapped .bin / cache blob dropped
@@ -9,7 +10,8 @@ compiled static at the shape of their first call (reshaped from the IR; the blob
 shape) and recompiled when a request of another size or batch comes: one compiled model per
 engine at a time. Without a build, ``openvino`` and ``openvino-bf16`` compile the exported ONNX as
 it is (dynamic shapes), with compiled blobs in $GLIGEN_RT_OPENVINO_CACHE when it is set (keyed on
-the graph's content and the properties; no cache otherwise); ``openvino-int8`` needs its build.
+the graph's content and the properties; no cache otherwise); ``openvino-int8`` and
+``openvino-int8a`` need their build.
 
 An InferRequest is not thread-safe, so each compiled model keeps a pool: a call takes a free
 request (or creates one), runs it, copies the outputs out and returns it.
@@ -78,7 +80,7 @@ class _Engine:
 
 
 class OpenVinoBackend(Backend):
-    """build: "openvino" | "openvino-bf16" | "openvino-int8" (engines/openvino.py BUILDS);
+    """build: "openvino" | "openvino-bf16" | "openvino-int8" | "openvino-int8a" (engines/openvino.py BUILDS);
     threads: inference threads (None: all cores); static_shapes: compile a dynamic build's
     request-size engines at the request's shape (False: run them dynamic)."""
 
@@ -128,10 +130,10 @@ class OpenVinoBackend(Backend):
                 engine = _Engine(
                     name, path, hint, cache_dir, self.static_shapes and not static and name in PER_SHAPE
                 )
-            elif self.name == "openvino-int8":
+            elif self.name in ("openvino-int8", "openvino-int8a"):
                 raise EngineError(
-                    f"{folder.path} has no openvino-int8 build of {name}: "
-                    f"run `gligen-rt build --onnx {folder.path} --backend openvino-int8`"
+                    f"{folder.path} has no {self.name} build of {name}: "
+                    f"run `gligen-rt build --onnx {folder.path} --backend {self.name}`"
                 )
             else:
                 engine = _Engine(name, folder.read_onnx(name), self.precision_hint, onnx_blob_cache(), False)

@@ -327,11 +327,11 @@ def test_int8_probe_runs_each_variant_against_fp32(
 
     import openvino as ov
 
-    from gligen_rt.benchmarks.int8_probe import _attention_matmuls
+    from gligen_rt.engines.openvino import attention_products
 
     model = ov.Core().read_model(str(folder / "unet_plain.onnx"))
     softmaxes = collections.Counter(op.get_type_name() for op in model.get_ordered_ops())["Softmax"]
-    assert len(_attention_matmuls(model)) == 2 * softmaxes > 0  # Q K^T and P V of every attention
+    assert len(attention_products(model)) == 2 * softmaxes > 0  # Q K^T and P V of every attention
     capsys.readouterr()
     assert probe([*argv, "--variants", "int4"]) == 2
     err = capsys.readouterr().err.strip()

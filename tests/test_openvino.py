@@ -14,6 +14,7 @@ from test_runtime_support import engine_folder, psnr, request_for, write_images
 
 from gligen_rt.core.errors import EngineError
 from gligen_rt.runtime import GligenPipeline
+from gligen_rt.runtime.folder import EngineFolder
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None, reason="openvino is not installed"
@@ -201,6 +202,115 @@ def test_int8_weight_build(folder: Path, images: dict[str, str], ort_image: np.n
     with GligenPipeline.from_engines(folder, "openvino-int8", threads=2) as p:
         got = p(req).images
     assert 25.0 <= psnr(got, want) < float("inf")
+
+
+def _calibration_request(tmp_path: Path, **changes: object) -> Path:
+    """A text-box request file for calibration: 6 PLMS steps at 128 px (2 grounded, 4 plain)."""
+    import json
+
+    body = {
+        "prompt": "a red circle and a blue square",
+        "objects": [
+            {"phrase": "a red circle", "box": [0.1, 0.1, 0.5, 0.5]},
+            {"phrase": "a blue square", "box": [0.5, 0.4, 0.9, 0.9]},
+        ],
+        "seed": 11,
+        "steps": 6,
+        "beta": 0.3,
+        "height": 128,
+        "width": 128,
+        **changes,
+    }
+    path = tmp_path / f"calibration-{len(list(tmp_path.glob('calibration-*')))}.json"
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_calibration_records_each_unets_own_inputs(folder: Path, tmp_path: Path) -> None:
+    """The UNets' inputs along the runtime's trajectory: every call recorded, then spread evenly."""
+    import types
+
+    from gligen_rt.core.errors import RequestError
+    from gligen_rt.core.modality import Modality
+    from gligen_rt.runtime.calibrate import collect, default_requests, read_requests
+
+    requests = read_requests([_calibration_request(tmp_path)])
+    got = collect(folder, requests, samples=3, threads=2)
+    assert set(got) == {"unet", "unet_plain"}  # the folder has no unet_shallow
+    assert len(got["unet"]) == 2 and len(got["unet_plain"]) == 3  # 2 grounded steps; 3 of 4 plain
+    for feed in got["unet"]:
+        assert set(feed) == {"sample", "timestep", "context", "tokens", "gate"}
+        assert feed["sample"].shape == (2, 4, 16, 16) and float(feed["gate"][0]) == 1.0
+    steps = [float(f["timestep"][0]) for f in got["unet_plain"]]
+    assert steps == sorted(steps, reverse=True) and len(set(steps)) == 3  # first, middle, last
+    defaults = default_requests(EngineFolder.open(folder), (192, 256))
+    assert len(defaults) == 4 and {(r.height, r.width, r.feature_cache) for r in defaults} == {(192, 256, 0)}
+    keypoint = types.SimpleNamespace(config=types.SimpleNamespace(modality=Modality.KEYPOINT, inpaint=False))
+    with pytest.raises(RequestError) as e:  # other modalities need their own inputs
+        default_requests(keypoint)
+    assert "\n" not in str(e.value) and "--calibration" in str(e.value)
+    with pytest.raises(RequestError) as e:  # two sizes cannot calibrate one static shape
+        collect(
+            folder,
+            read_requests([_calibration_request(tmp_path), _calibration_request(tmp_path, height=192)]),
+        )
+    assert "\n" not in str(e.value) and "one size" in str(e.value)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_NNCF, reason="nncf is not installed")
+def test_int8_activation_build(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """openvino-int8a: the UNets quantized W8A8 on calibration inputs recorded by `gligen-rt build`,
+    the other engines INT8 weights; INT8 kernels in the UNet's runtime graph, the image close to FP32's."""
+    import json
+
+    from gligen_rt.cli import main
+    from gligen_rt.engines.build import build
+    from gligen_rt.engines.openvino import compile_model, int8_kernels
+
+    with pytest.raises(EngineError) as e:  # the Python API needs the inputs handed in
+        build(folder, "openvino-int8a", progress=False)
+    assert "\n" not in str(e.value) and "calibration" in str(e.value)
+    request = _calibration_request(tmp_path)
+    capsys.readouterr()
+    argv = ["build", "--onnx", str(folder), "--backend", "openvino-int8a", "--calibration", str(request)]
+    assert main([*argv, "--calibration-samples", "4"]) == 0
+    out = folder / "openvino-int8a"
+    printed = capsys.readouterr().out.split()
+    assert printed == [
+        str(out / f"{n}.xml") for n in json.loads((folder / "manifest.json").read_text())["engines"]
+    ]
+    unet = json.loads((out / "unet.json").read_text())["builder"]
+    assert unet["weights"] == "int8-a" and unet["precision_hint"] == "bf16"
+    assert unet["calibration"]["samples"] == 2 and unet["calibration"]["shapes"]["sample"] == [2, 4, 16, 16]
+    assert json.loads((out / "unet_plain.json").read_text())["builder"]["calibration"]["samples"] == 4
+    assert json.loads((out / "text_encoder.json").read_text())["builder"]["weights"] == "int8-w"
+    assert int8_kernels(compile_model(out / "unet_plain.xml", "CPU", "bf16")) > 0
+    assert int8_kernels(compile_model(folder / "openvino" / "unet_plain.xml", "CPU", "bf16")) == 0
+    req = read_request_at(request, seed=5)
+    with GligenPipeline.from_engines(folder, "openvino", threads=2) as p:
+        want = p(req).images
+    with GligenPipeline.from_engines(folder, "openvino-int8a", threads=2) as p:
+        got = p(req).images
+    assert 30.0 <= psnr(got, want) < float("inf")
+    # misuse: one line, exit 2, nothing built
+    for bad in (
+        ["build", "--onnx", str(folder), "--backend", "openvino-bf16", "--calibration", str(request)],
+        [*argv[:-1], str(tmp_path / "missing.json"), "--out", str(tmp_path / "never")],
+        [*argv, "--calibration-samples", "0", "--out", str(tmp_path / "never")],
+    ):
+        assert main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert err and "\n" not in err
+    assert not (tmp_path / "never").exists()
+
+
+def read_request_at(path: Path, **changes: object):
+    import dataclasses
+
+    from gligen_rt.runtime.calibrate import read_requests
+
+    return dataclasses.replace(read_requests([path])[0], **changes)
 
 
 def test_build_errors_are_one_line(folder: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@
 | openvino      | CPU     | yes (compiled blobs)       | OpenVINO, precision hint f32                |
 | openvino-bf16 | CPU     | yes (IR, BF16)             | OpenVINO, BF16                              |
 | openvino-int8 | CPU     | yes (IR, INT8 weights)     | OpenVINO, INT8 weights                      |
+| openvino-int8a| CPU     | yes (IR, UNets W8A8)       | OpenVINO, INT8 activations in the UNets      |
 | torch         | both    | no                         | the PyTorch reference (parity)              |
 """
 
@@ -25,6 +26,7 @@ BACKENDS = (
     "openvino",
     "openvino-bf16",
     "openvino-int8",
+    "openvino-int8a",
     "torch",
 )
 # Backends whose artifacts `gligen-rt build` writes (DIR/<backend>/).
@@ -37,6 +39,7 @@ BUILD_BACKENDS = (
     "openvino",
     "openvino-bf16",
     "openvino-int8",
+    "openvino-int8a",
 )
 # Backends that run on an NVIDIA GPU and take `--device N` (CUDA device ordinal).
 GPU_BACKENDS = ("ort-cuda", "ort-trt", "tensorrt", "tensorrt-rtx")
