@@ -42,7 +42,17 @@ MAX_DISTANCE = 90.0  # RGB distance within which a pixel counts as a palette col
 MIN_PIXELS = 12  # smallest component that counts as a detection
 EVAL_SEED = 1  # the scene stream of the held-out layouts (training uses seed 0)
 CONDITIONS = ("grounded", "grounding-off", "shuffled")
-BACKENDS = ("torch", "ort-fp32", "ort-fp16", "openvino-fp32", "openvino-bf16", "tensorrt")
+# openvino-int8 / openvino-int8a run the engine folder's builds (`gligen-rt build --backend ...`).
+BACKENDS = (
+    "torch",
+    "ort-fp32",
+    "ort-fp16",
+    "openvino-fp32",
+    "openvino-bf16",
+    "openvino-int8",
+    "openvino-int8a",
+    "tensorrt",
+)
 
 _NAMES = [*COLOURS, "floor"]
 _PALETTE = np.array([*COLOURS.values(), FLOOR], dtype=np.float32)
@@ -167,6 +177,8 @@ def open_backend(name: str, model_dir: Path, engines_fp32: Path, engines_fp16: P
         "ort-fp16": (engines_fp16, "ort-cpu"),
         "openvino-fp32": (engines_fp32, "openvino"),
         "openvino-bf16": (engines_fp32, "openvino-bf16"),
+        "openvino-int8": (engines_fp32, "openvino-int8"),
+        "openvino-int8a": (engines_fp32, "openvino-int8a"),
         "tensorrt": (engines_fp32, "tensorrt"),
     }[name]
     if folder is None:

@@ -69,7 +69,11 @@ def matmul_peak(
 
 def openvino_matmul_peak(n: int, min_seconds: float = 1.0, max_reps: int = 10) -> dict[str, float]:
     """GFLOP/s of an n x n @ n x n OpenVINO MatMul on the CPU, keyed ``fp32-openvino`` /
-    ``bf16-openvino`` (best of n/4, n/2, n); {} when openvino is not installed."""
+    ``bf16-openvino`` / ``int8-openvino`` (best of n/4, n/2, n); {} when openvino is not installed.
+
+    int8: the pattern NNCF writes (FakeQuantize on the activation, INT8 weights times a per-channel
+    scale), which the CPU plugin runs as an INT8 matrix product (VNNI / AMX-INT8): the peak of
+    ``openvino-int8a``'s quantized layers, in GOP/s."""
     import importlib.util
 
     import numpy as np
@@ -82,14 +86,23 @@ def openvino_matmul_peak(n: int, min_seconds: float = 1.0, max_reps: int = 10) -
     hints = {"fp32-openvino": "f32"}
     if cpu_has_bf16():
         hints["bf16-openvino"] = "bf16"
+        hints["int8-openvino"] = "bf16"
     out: dict[str, float] = {}
     rng = np.random.default_rng(0)
     for name, hint in hints.items():
         best_rate = 0.0
         for size in sorted({max(n // 4, 64), max(n // 2, 64), n}):
             a = ops.parameter([size, size], np.float32, name="a")
-            b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
-            model = ov.Model([ops.matmul(a, b, False, False)], [a])
+            if name == "int8-openvino":
+                lo, hi = ops.constant(np.float32(-4.0)), ops.constant(np.float32(4.0))
+                x8 = ops.fake_quantize(a, lo, hi, lo, hi, 256)
+                w8 = rng.integers(-127, 128, (size, size), dtype=np.int8)
+                scale = ops.constant(np.full((1, size), 0.01, dtype=np.float32))
+                b = ops.multiply(ops.convert(ops.constant(w8), np.float32), scale)
+                model = ov.Model([ops.matmul(x8, b, False, False)], [a])
+            else:
+                b = ops.constant(rng.standard_normal((size, size), dtype=np.float32))
+                model = ov.Model([ops.matmul(a, b, False, False)], [a])
             compiled = ov.Core().compile_model(
                 model, "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
             )

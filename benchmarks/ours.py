@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 FOLDER_MANIFEST = "manifest.json"
 NEEDS_BUILD = ("tensorrt", "tensorrt-rtx")  # backends that cannot run a folder before `build`
 # built before they run: OpenVINO IR, static at the scenario's shape, with its compiled-model cache
-BUILT = NEEDS_BUILD + ("openvino", "openvino-bf16", "openvino-int8")
+BUILT = NEEDS_BUILD + ("openvino", "openvino-bf16", "openvino-int8", "openvino-int8a")
 
 
 def unavailable_reason(backend: str) -> str | None:
@@ -67,7 +67,7 @@ def engine_precision(config: Config) -> str:
 
 def runtime_backend(config: Config) -> str:
     """The runtime's backend name (runtime/backend.py BACKENDS) for a configuration."""
-    if config.backend == "openvino" and config.precision in ("bf16", "int8"):
+    if config.backend == "openvino" and config.precision in ("bf16", "int8", "int8a"):
         return f"openvino-{config.precision}"
     return config.backend
 
@@ -132,7 +132,12 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
 
         tic = time.perf_counter()
         s = scenario.size
-        build(folder, backend, static=(1, s, s), progress=False)
+        calibration = None
+        if backend == "openvino-int8a":  # the default calibration scenes, not the measured request
+            from gligen_rt.runtime.calibrate import for_build
+
+            calibration = for_build(folder, None, 16, (1, s, s), scenario.threads)
+        build(folder, backend, static=(1, s, s), progress=False, calibration=calibration)
         info[f"build_{backend}_s"] = time.perf_counter() - tic
     info["keys"] = engine_keys(folder)
     return info

@@ -4,7 +4,7 @@ Everything here is computed from the record alone, so any past line renders agai
 (``gligen-rt bench --report-only``). Record fields (harness.run_benchmark):
 
     key, time, seconds, command, scenario{...}, env{cpu, cpu_flags, gpus, versions, git_sha, ...},
-    machine{matmul_gflops{fp32, bf16, fp16}, flops{unet_grounded, unet_plain, sd_unet, fusers}},
+    machine{matmul_gflops{fp32, bf16, fp16, <p>-openvino incl. int8-openvino}, flops{unet_grounded, unet_plain, sd_unet, fusers}},
     configs[{label, kind, backend, precision, status, reason?, load_s, psnr_db,
              first_run{e2e, overhead, stages{stage: s}},
              steady{e2e, engine_sum, overhead: stats, stages{stage: stats + calls_per_run}},
@@ -91,7 +91,9 @@ def peak_for(record: dict[str, Any], c: dict[str, Any]) -> tuple[str, float | No
     any library reached in the run (torch, and ``<precision>-openvino`` on the CPU)."""
     peaks = (record.get("machine") or {}).get("matmul_gflops") or {}
     p = c.get("precision", "fp32")
-    if p.startswith("bf16") or p == "int8":  # INT8 weights are decompressed into BF16 arithmetic
+    if p == "int8a":  # INT8 activations: INT8 products (the share left in BF16 runs below it)
+        name = "int8"
+    elif p.startswith("bf16") or p == "int8":  # INT8 weights are decompressed into BF16 arithmetic
         name = "bf16"
     elif p == "fp16" and record["scenario"].get("device") == "cuda":
         name = "fp16"

@@ -28,14 +28,14 @@ KINDS = ("ours", "reference", "eager")
 # hint over the fp32 engines; fp16 on ort-cpu runs the fp16 graphs (casts inside, fp32 arithmetic).
 BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
     "ort-cpu": ("fp32", "fp16"),
-    "openvino": ("fp32", "bf16", "int8"),
+    "openvino": ("fp32", "bf16", "int8", "int8a"),
     "ort-cuda": ("fp32", "fp16"),
     "ort-trt": ("fp32", "fp16"),
     "tensorrt": ("fp32", "fp16"),
 }
 CPU_BACKENDS = ("ort-cpu", "openvino")
 GPU_BACKENDS = ("tensorrt", "ort-cuda")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8a")
 
 # Eager PyTorch precisions per device: "bf16" casts the weights (.to(bfloat16)); "bf16-autocast"
 # keeps FP32 weights under torch.autocast (both are common ways to run BF16 on a CPU).
@@ -165,7 +165,7 @@ def plan_configs(
                 skipped.append(
                     {"label": label, "reason": f"{backend} runs {'/'.join(BACKEND_PRECISIONS[backend])}"}
                 )
-            elif precision in ("bf16", "int8") and scenario.device == "cpu" and not cpu_bf16:
+            elif precision in ("bf16", "int8", "int8a") and scenario.device == "cpu" and not cpu_bf16:
                 skipped.append({"label": label, "reason": "this CPU has no BF16 arithmetic"})
             else:
                 configs.append(Config("ours", backend, precision))
