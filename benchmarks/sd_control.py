@@ -168,7 +168,9 @@ def sd_unet_times(
     else:
         from gligen_rt.engines.openvino import compile_model
 
-        hint = "bf16" if config.precision in ("bf16", "int8") else "f32"  # int8: FP32 control in BF16
+        # INT8 builds: the FP32 control graph in BF16 (it is not quantized, so their plain step is held
+        # against plain SD at BF16, not at INT8)
+        hint = "bf16" if config.precision in ("bf16", "int8", "int8a") else "f32"
         compiled = compile_model(path, "CPU", hint, None, threads=threads)
         request = compiled.create_infer_request()
 

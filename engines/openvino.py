@@ -8,7 +8,7 @@ the same name:
 | openvino        | FP32               | f32                 | exact (~1e-6 of the ONNX graph)       |
 | openvino-bf16   | FP16               | bf16 (AVX512_BF16 / AMX units) | eps relative L2 ~2.6e-2    |
 | openvino-int8   | INT8 (NNCF, asym.) | bf16 activations    | weights 1 byte each in memory         |
-| openvino-int8a  | INT8, UNets W8A8   | int8 activations in the UNets' convolutions and linear layers, bf16 elsewhere | calibration at build time; measured below |
+| openvino-int8a  | INT8, UNets W8A8   | int8 in the UNets' convolutions and linear layers, bf16 elsewhere | calibration at build time (benchmarks/README.md) |
 
 The IR is written by ``ov.save_model`` (``compress_to_fp16`` for bf16: the CPU converts the weights
 to BF16 while compiling, so FP16 storage loses nothing BF16 keeps; INT8 by

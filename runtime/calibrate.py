@@ -5,7 +5,8 @@ is in a trajectory (the timestep), on the prompt and on the grounding. So the in
 own, recorded while this runtime generates calibration requests on the exported FP32 graphs
 (OpenVINO FP32): every call of ``unet``, ``unet_plain`` and ``unet_shallow`` along each request's
 trajectory (classifier-free guidance batch, the request's sampler and steps), then ``samples`` of
-them per engine spread evenly over the calls.
+them per engine spread evenly over the calls; a UNet that runs both phases (a gate-skip ``unet``,
+or ``unet`` at gate 0) takes half of them from its grounded calls, where its fusers run.
 
 Default requests (text-box models, one image, the folder's default size unless a size is given):
 ``DEFAULT_REQUESTS``, four everyday scenes with one to three boxes, 20 PLMS steps, SD's guidance
@@ -124,7 +125,7 @@ def collect(
 
     Each request is generated on OpenVINO FP32 from the folder's exported graphs; every call of a
     recorded engine is kept, then ``samples`` per engine, evenly spread over the calls (all of them
-    when there are fewer). requests: default ``default_requests(folder, size)``. A request whose
+    when there are fewer; half from the grounded calls of a UNet that also runs plain steps). requests: default ``default_requests(folder, size)``. A request whose
     guidance is 1 runs the UNets at batch 1 and a feature-cache request needs the folder's
     ``unet_shallow``; every request must give the UNets the same shapes (one size, one image count).
     """
@@ -154,9 +155,27 @@ def collect(
                 f"calibration requests give {engine} inputs of {len(shapes)} shapes: "
                 "use one size and one image count for every request"
             )
-        pick = np.linspace(0, len(calls) - 1, min(samples, len(calls))).round().astype(int)
-        chosen[engine] = [calls[i] for i in sorted(set(pick.tolist()))]
+        chosen[engine] = _spread(calls, samples)
     return chosen
+
+
+def _spread(calls: list[dict[str, np.ndarray]], samples: int) -> list[dict[str, np.ndarray]]:
+    """``samples`` of ``calls`` evenly spread; a UNet that runs both phases (gate-skip, or
+    ``unet`` at gate 0) gets half of them from its grounded calls, so the fusers' ranges (seen on
+    those only) are not left to the few grounded steps of a short beta."""
+
+    def even(items: list[dict[str, np.ndarray]], n: int) -> list[dict[str, np.ndarray]]:
+        if n <= 0 or not items:
+            return []
+        pick = np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)
+        return [items[i] for i in sorted(set(pick.tolist()))]
+
+    grounded = [c for c in calls if "gate" in c and float(np.asarray(c["gate"]).ravel()[0]) != 0.0]
+    plain = [c for c in calls if not ("gate" in c and float(np.asarray(c["gate"]).ravel()[0]) != 0.0)]
+    if not grounded or not plain:
+        return even(calls, samples)
+    first = even(grounded, (samples + 1) // 2)
+    return first + even(plain, samples - len(first))
 
 
 def describe(calibration: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, Any]:

@@ -243,6 +243,11 @@ def test_calibration_records_each_unets_own_inputs(folder: Path, tmp_path: Path)
         assert feed["sample"].shape == (2, 4, 16, 16) and float(feed["gate"][0]) == 1.0
     steps = [float(f["timestep"][0]) for f in got["unet_plain"]]
     assert steps == sorted(steps, reverse=True) and len(set(steps)) == 3  # first, middle, last
+    from gligen_rt.runtime.calibrate import _spread
+
+    both = [{"gate": np.array([1.0 if i < 6 else 0.0], np.float32), "i": np.array([i])} for i in range(20)]
+    kept = [int(c["i"][0]) for c in _spread(both, 8)]  # a gate-skip UNet: half grounded, half plain
+    assert kept == [0, 2, 3, 5, 6, 10, 15, 19]
     defaults = default_requests(EngineFolder.open(folder), (192, 256))
     assert len(defaults) == 4 and {(r.height, r.width, r.feature_cache) for r in defaults} == {(192, 256, 0)}
     keypoint = types.SimpleNamespace(config=types.SimpleNamespace(modality=Modality.KEYPOINT, inpaint=False))
@@ -274,7 +279,7 @@ def test_int8_activation_build(folder: Path, tmp_path: Path, capsys: pytest.Capt
     request = _calibration_request(tmp_path)
     capsys.readouterr()
     argv = ["build", "--onnx", str(folder), "--backend", "openvino-int8a", "--calibration", str(request)]
-    assert main([*argv, "--calibration-samples", "4"]) == 0
+    assert main([*argv, "--calibration-samples", "2"]) == 0
     out = folder / "openvino-int8a"
     printed = capsys.readouterr().out.split()
     assert printed == [
@@ -283,7 +288,7 @@ def test_int8_activation_build(folder: Path, tmp_path: Path, capsys: pytest.Capt
     unet = json.loads((out / "unet.json").read_text())["builder"]
     assert unet["weights"] == "int8-a" and unet["precision_hint"] == "bf16"
     assert unet["calibration"]["samples"] == 2 and unet["calibration"]["shapes"]["sample"] == [2, 4, 16, 16]
-    assert json.loads((out / "unet_plain.json").read_text())["builder"]["calibration"]["samples"] == 4
+    assert json.loads((out / "unet_plain.json").read_text())["builder"]["calibration"]["samples"] == 2
     assert json.loads((out / "text_encoder.json").read_text())["builder"]["weights"] == "int8-w"
     assert int8_kernels(compile_model(out / "unet_plain.xml", "CPU", "bf16")) > 0
     assert int8_kernels(compile_model(folder / "openvino" / "unet_plain.xml", "CPU", "bf16")) == 0
