@@ -79,7 +79,7 @@ def _image(vae: Any, latents: np.ndarray) -> np.ndarray:
 def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]) -> Any:
     import nncf
 
-    from gligen_rt.engines.openvino import attention_products, split_convolutions
+    from gligen_rt.engines.openvino import attention_products, quantize_int8
 
     if variant == "int8-w":
         from gligen_rt.engines.openvino import compress_weights_int8
@@ -90,11 +90,10 @@ def _quantize(variant: str, model: Any, calibration: list[dict[str, np.ndarray]]
         return nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration)
         )
-    if variant in ("w8a8-sdpa", "w8a8-split"):
-        names = attention_products(model)
-        if variant == "w8a8-split":
-            names += split_convolutions(model)
-        ignored = nncf.IgnoredScope(names=names)
+    if variant == "w8a8-split":  # what openvino-int8a builds
+        return quantize_int8(model, calibration)
+    if variant == "w8a8-sdpa":
+        ignored = nncf.IgnoredScope(names=attention_products(model))
         return nncf.quantize(
             model,
             dataset,

@@ -170,8 +170,9 @@ def _spread(calls: list[dict[str, np.ndarray]], samples: int) -> list[dict[str, 
         pick = np.linspace(0, len(items) - 1, min(n, len(items))).round().astype(int)
         return [items[i] for i in sorted(set(pick.tolist()))]
 
-    grounded = [c for c in calls if "gate" in c and float(np.asarray(c["gate"]).ravel()[0]) != 0.0]
-    plain = [c for c in calls if not ("gate" in c and float(np.asarray(c["gate"]).ravel()[0]) != 0.0)]
+    is_grounded = ["gate" in c and float(np.asarray(c["gate"]).ravel()[0]) != 0.0 for c in calls]
+    grounded = [c for c, g in zip(calls, is_grounded, strict=True) if g]
+    plain = [c for c, g in zip(calls, is_grounded, strict=True) if not g]
     if not grounded or not plain:
         return even(calls, samples)
     first = even(grounded, (samples + 1) // 2)
