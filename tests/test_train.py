@@ -268,6 +268,21 @@ def test_resume_is_bit_exact(data: Path, tmp_path: Path, base_folder: Path) -> N
     assert all(torch.equal(a["params"][k], b["params"][k]) for k in a["params"])
 
 
+def test_frozen_text_computed_once_trains_as_text_encoded_per_step(
+    data: Path, tmp_path: Path, base_folder: Path, monkeypatch
+) -> None:
+    import gligen_ref.train.trainer as trainer
+
+    cached = Run(_args("gligen", data, tmp_path / "a", init=base_folder, steps=3, drop_caption=0.5))
+    assert cached.caption_ctx is not None and len(cached.caption_ctx) == len(cached.captions)
+    monkeypatch.setattr(trainer, "CAPTION_CACHE_BYTES", 0)  # contexts too large to keep: per step
+    per_step = Run(_args("gligen", data, tmp_path / "b", init=base_folder, steps=3, drop_caption=0.5))
+    assert per_step.caption_ctx is None
+    for _ in range(3):
+        a, b = cached.train_step(), per_step.train_step()
+        assert a == pytest.approx(b, rel=1e-5)
+
+
 def test_an_existing_run_needs_resume(data: Path, tmp_path: Path, base_folder: Path) -> None:
     from gligen_rt.core.errors import DataError
 
