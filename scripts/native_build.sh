@@ -50,7 +50,8 @@ nice -n 10 cmake --build "$dir" -j "$jobs"
 # test; canny, depth and normal take hed's and sem's code paths (they differ in table values only),
 # inpaint-text-box is a part of inpaint-text-image-box, and every sampler's whole loop already runs
 # sanitized in native_host_math_matches_python: the samplers' end-to-end test and those three run in
-# Release only. Parity runs OpenVINO FP32 there (the Release run covers BF16 and ORT).
+# Release only, and so does the OpenVINO builds' test (most of its time is Python and NNCF).
+# Parity runs OpenVINO FP32 there (the Release run covers BF16, the IR builds and ORT).
 # NATIVE_ASAN_ALL=1 runs the whole suite.
 filter=()
 if [ "${1:-}" = "--asan" ] && [ -z "${NATIVE_ASAN_ALL:-}" ]; then

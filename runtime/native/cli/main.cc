@@ -21,7 +21,7 @@
 namespace {
 const char* kUsage =
     "usage: gligen-rt-native generate --engines DIR --request FILE.json --out OUT.png\n"
-    "                                 [--backend openvino|openvino-bf16|ort-cpu|tensorrt] [--threads N]\n"
+    "                                 [--backend openvino|openvino-bf16|openvino-int8|openvino-int8a|ort-cpu|tensorrt] [--threads N]\n"
     "                                 [--repeat N] [--print-timings]\n"
     "       gligen-rt-native inspect DIR\n"
     "       gligen-rt-native backends\n";

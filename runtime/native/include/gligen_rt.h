@@ -45,8 +45,10 @@ const char* gligen_rt_version(void);
 /* Comma-separated backends compiled into this library (e.g. "openvino,openvino-bf16,ort-cpu"). */
 const char* gligen_rt_backends(void);
 
-/* Open `engine_dir` on `backend` ("openvino", "openvino-bf16", "ort-cpu", "tensorrt"); threads 0 =
- * the backend's default. Checks the manifests and loads every engine. */
+/* Open `engine_dir` on `backend` ("openvino", "openvino-bf16", "openvino-int8", "openvino-int8a",
+ * "ort-cpu", "tensorrt"); threads 0 = the backend's default. Checks the manifests and loads every
+ * engine: an OpenVINO backend loads the IR of `gligen-rt build --backend <backend>` when the folder
+ * holds it (the two int8 backends need it), else the exported ONNX graphs. */
 gligen_rt_status gligen_rt_open(const char* engine_dir, const char* backend, int threads, gligen_rt_pipeline** out);
 void gligen_rt_close(gligen_rt_pipeline* pipeline);
 

@@ -5,11 +5,15 @@
 namespace gligen {
 
 namespace {
-const char* const kAll[] = {"openvino", "openvino-bf16", "ort-cpu", "tensorrt"};
+const char* const kAll[] = {"openvino", "openvino-bf16", "openvino-int8", "openvino-int8a", "ort-cpu", "tensorrt"};
+
+bool is_openvino(const std::string& name) {
+  return name == "openvino" || name == "openvino-bf16" || name == "openvino-int8" || name == "openvino-int8a";
+}
 }
 
 std::string backend_unavailable_reason(const std::string& name) {
-  if (name == "openvino" || name == "openvino-bf16") {
+  if (is_openvino(name)) {
 #ifdef GLIGEN_WITH_OPENVINO
     return "";
 #else
@@ -47,7 +51,7 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int threads) {
   const std::string why = backend_unavailable_reason(name);
   if (!why.empty()) throw BackendUnavailable(why);
 #ifdef GLIGEN_WITH_OPENVINO
-  if (name == "openvino" || name == "openvino-bf16") return make_openvino_backend(name == "openvino-bf16", threads);
+  if (is_openvino(name)) return make_openvino_backend(name, threads);
 #endif
 #ifdef GLIGEN_WITH_ORT
   if (name == "ort-cpu") return make_ort_backend(threads);

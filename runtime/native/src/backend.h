@@ -32,14 +32,15 @@ class Backend {
   std::map<std::string, EngineSpec> specs;  // the loaded engines
 };
 
-// Backend names: openvino, openvino-bf16, ort-cpu, tensorrt (each only when compiled in).
+// Backend names: openvino, openvino-bf16, openvino-int8, openvino-int8a, ort-cpu, tensorrt (each only
+// when compiled in; the two int8 ones need their `gligen-rt build`).
 std::unique_ptr<Backend> make_backend(const std::string& name, int threads);
 std::vector<std::string> available_backends();
 // Why a backend is not available in this build ("" when it is).
 std::string backend_unavailable_reason(const std::string& name);
 
 // Factories of the compiled-in backends (defined in backend_<library>.cc).
-std::unique_ptr<Backend> make_openvino_backend(bool bf16, int threads);
+std::unique_ptr<Backend> make_openvino_backend(const std::string& build, int threads);
 std::unique_ptr<Backend> make_ort_backend(int threads);
 std::unique_ptr<Backend> make_tensorrt_backend();
 

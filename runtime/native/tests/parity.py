@@ -3,10 +3,12 @@
     parity.py --export-only                       export (or find in the cache) every tiny folder used
     parity.py --case text-box --cli gligen-rt-native   PSNR of native vs Python images, FP32 and BF16
     parity.py --c-api gligen_c_api_test           run the C API test on the text-box folder
+    parity.py --built --cli gligen-rt-native      the shipped tiny model's folder with every OpenVINO
+                                                  build (IR: FP32, BF16, INT8 weights, INT8 activations)
 
 Engine folders are the tiny-random ones of runtime/tiny.py (cache: $GLIGEN_RT_CACHE or
 ~/.cache/gligen-rt), exported by the Python exporter. Each comparison prints one JSON line.
-Bars: PSNR >= 60 dB on openvino (FP32) and ort-cpu, >= 45 dB on openvino-bf16.
+Bars: PSNR >= 60 dB on openvino (FP32) and ort-cpu, >= 45 dB on openvino-bf16 and the INT8 builds.
 $GLIGEN_NATIVE_PARITY_BACKENDS narrows the backends (the sanitizer build runs openvino only).
 """
 
@@ -24,7 +26,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-BARS = {"openvino": 60.0, "openvino-bf16": 45.0, "ort-cpu": 60.0}
+BARS = {
+    "openvino": 60.0,
+    "openvino-bf16": 45.0,
+    "ort-cpu": 60.0,
+    "openvino-int8": 45.0,
+    "openvino-int8a": 45.0,
+}
+# `gligen-rt build` kinds both runtimes load from the IR (engines/openvino.py BUILDS)
+OPENVINO_BUILDS = ("openvino", "openvino-bf16", "openvino-int8", "openvino-int8a")
 CASES = (
     "text-box",
     "text-image-box",
@@ -121,22 +131,7 @@ def compare(cli: str, folder: Path, backend: str, req: dict, work: Path, label: 
     with GligenPipeline.from_engines(folder, backend) as pipe:
         ours = pipe(request_from_json(req_path)).images
     out = work / f"native-{label}.png"
-    proc = subprocess.run(
-        [
-            cli,
-            "generate",
-            "--engines",
-            str(folder),
-            "--request",
-            str(req_path),
-            "--out",
-            str(out),
-            "--backend",
-            backend,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    proc = run_native(cli, folder, backend, req_path, out)
     if proc.returncode != 0:
         print(f"FAIL {label} {backend}: native exit {proc.returncode}: {proc.stderr.strip()}")
         return False
@@ -160,12 +155,53 @@ def compare(cli: str, folder: Path, backend: str, req: dict, work: Path, label: 
     return ok
 
 
+def run_native(
+    cli: str, folder: Path, backend: str, req_path: Path, out: Path
+) -> subprocess.CompletedProcess:
+    cmd = [cli, "generate", "--engines", str(folder), "--request", str(req_path), "--out", str(out)]
+    return subprocess.run([*cmd, "--backend", backend], capture_output=True, text=True)
+
+
+def compare_builds(cli: str, work: Path, rng: np.random.Generator) -> bool:
+    """Every OpenVINO build of a copy of the shipped tiny folder: the native CLI loads each build's
+    IR as the Python runtime does (same image within the bar), an INT8 backend without its build is
+    one line and a non-zero exit, and a build whose weights changed size is refused."""
+    import shutil
+
+    from gligen_rt.cli import main as gligen_rt
+
+    folder = work / "tiny-built"
+    shutil.copytree(folder_of("tiny"), folder)
+    req = make_request("tiny", work, rng)
+    req_path = work / "request-built.json"
+    req_path.write_text(json.dumps(req))
+    proc = run_native(cli, folder, "openvino-int8", req_path, work / "never.png")
+    ok = proc.returncode != 0 and "gligen-rt build" in proc.stderr and proc.stderr.strip().count("\n") == 0
+    print(json.dumps({"case": "built", "backend": "openvino-int8", "unbuilt_refused": ok}))
+    for backend in OPENVINO_BUILDS:
+        argv = ["build", "--onnx", str(folder), "--backend", backend]
+        if backend == "openvino-int8a":
+            argv += ["--calibration-samples", "4"]
+        if gligen_rt(argv) != 0:
+            print(f"FAIL built {backend}: gligen-rt build failed")
+            return False
+        ok &= compare(cli, folder, backend, req, work, f"built-{backend}")
+    weights = folder / "openvino-bf16" / "unet.bin"
+    with weights.open("ab") as f:
+        f.write(b"\0")
+    proc = run_native(cli, folder, "openvino-bf16", req_path, work / "never.png")
+    refused = proc.returncode != 0 and "unet.bin" in proc.stderr and "rebuild" in proc.stderr
+    print(json.dumps({"case": "built", "backend": "openvino-bf16", "changed_weights_refused": refused}))
+    return ok and refused and not (work / "never.png").exists()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--export-only", action="store_true")
     p.add_argument("--case", choices=(*CASES, "samplers"))
     p.add_argument("--cli")
     p.add_argument("--c-api")
+    p.add_argument("--built", action="store_true", help="every OpenVINO build of the shipped tiny folder")
     p.add_argument(
         "--engines", type=Path, help="compare on this engine folder instead of the case's tiny one"
     )
@@ -179,6 +215,9 @@ def main() -> int:
         return 0
     if args.c_api:
         return subprocess.run([args.c_api, str(args.engines or folder_of("text-box"))]).returncode
+    if args.built:
+        with tempfile.TemporaryDirectory() as tmp:
+            return 0 if compare_builds(args.cli, Path(tmp), np.random.default_rng(0)) else 1
     backends = args.backends or os.environ.get("GLIGEN_NATIVE_PARITY_BACKENDS")
     if not backends:
         built = subprocess.run([args.cli, "backends"], capture_output=True, text=True, check=True).stdout

@@ -63,6 +63,10 @@ foreach(case text-image-box keypoint hed canny depth normal sem inpaint-text-box
     COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case ${case} --backends openvino --cli $<TARGET_FILE:gligen-rt-native>)
   list(APPEND _native_tests native_parity_${case})
 endforeach()
+# The same model built by `gligen-rt build` for every OpenVINO kind: both runtimes load the IR.
+add_test(NAME native_parity_built
+  COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --built --cli $<TARGET_FILE:gligen-rt-native>)
+list(APPEND _native_tests native_parity_built)
 add_test(NAME native_parity_samplers
   COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case samplers --backends openvino --cli $<TARGET_FILE:gligen-rt-native>)
 list(APPEND _native_tests native_parity_samplers)
@@ -74,7 +78,7 @@ foreach(t ${_native_tests})
   set_tests_properties(${t} PROPERTIES ENVIRONMENT
     "${GLIGEN_TEST_ENV};GLIGEN_RT_OPENVINO_CACHE=${CMAKE_BINARY_DIR}/openvino-blobs/${t}")
 endforeach()
-foreach(t native_c_api native_bad_input native_parity_samplers)
+foreach(t native_c_api native_bad_input native_parity_samplers native_parity_built)
   set_tests_properties(${t} PROPERTIES FIXTURES_REQUIRED tiny_engines)
 endforeach()
 foreach(case text-box text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-text-image-box tiny
