@@ -88,6 +88,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="also run each of our configurations with the feature cache K (the whole UNet every K-th "
         "plain step; engines exported with --feature-cache), beside it without, in the same run",
     )
+    p.add_argument(
+        "--feature-cache-grounded",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --feature-cache: each of our configurations runs once more with the grounded steps "
+        "cached too (the whole grounded UNet every K-th grounded step, unet_shallow_grounded between)",
+    )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(
         "--eager-precisions",
@@ -169,6 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             matmul_size=args.matmul_size,
             gate_skip=args.gate_skip,
             feature_cache=args.feature_cache,
+            feature_cache_grounded=args.feature_cache_grounded,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -151,6 +151,7 @@ def request_for(
         sampler=args.sampler,
         beta=0.0 if condition == "grounding-off" else args.beta,
         feature_cache=args.feature_cache,
+        feature_cache_grounded=args.feature_cache_grounded,
     )
 
 
@@ -242,6 +243,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         "sampler": args.sampler,
         "beta": args.beta,
         "feature_cache": args.feature_cache,
+        "feature_cache_grounded": args.feature_cache_grounded,
         "layout_seed": args.layout_seed,
         "n": args.n,
         "results": results,
@@ -321,6 +323,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="K",
         help="reuse the deep UNet features on the plain steps, the whole UNet every K-th (engines "
         "exported with --feature-cache; with --beta below 1)",
+    )
+    p.add_argument(
+        "--feature-cache-grounded",
+        type=int,
+        default=0,
+        metavar="K",
+        help="the same on the grounded steps: the whole grounded UNet every K-th, "
+        "unet_shallow_grounded between (engines exported with --feature-cache)",
     )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--grid", type=int, default=16, help="images per PNG grid")

@@ -33,6 +33,7 @@ STAGES = {
     "unet_grounded": "UNet step, grounded",
     "unet_plain": "UNet step, plain",
     "unet_shallow": "UNet step, shallow (feature cache)",
+    "unet_shallow_grounded": "UNet step, shallow grounded (feature cache)",
     "vae_encoder": "VAE encode",
     "vae_decoder": "VAE decode",
 }
@@ -40,6 +41,7 @@ PER_CALL_STAGES = (
     "unet_grounded",
     "unet_plain",
     "unet_shallow",
+    "unet_shallow_grounded",
 )  # reported per call; the others per run (summed)
 
 

@@ -122,7 +122,7 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
                 progress=False,
                 source=source,
                 gate_skip=scenario.gate_skip,
-                feature_cache=config.feature_cache >= 2,
+                feature_cache=config.feature_cache >= 2 or config.feature_cache_grounded >= 2,
             )
             info["export_s"] = time.perf_counter() - tic
         del source
@@ -183,6 +183,7 @@ class OursRunner(Runner):
         "unet": "unet_grounded",
         "unet_plain": "unet_plain",
         "unet_shallow": "unet_shallow",
+        "unet_shallow_grounded": "unet_shallow_grounded",
         "vae_encoder": "vae_encoder",
         "vae_decoder": "vae_decoder",
     }

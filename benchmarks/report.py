@@ -289,8 +289,9 @@ def markdown(record: dict[str, Any]) -> str:
         )
     if a["fastest_eager"]:
         lines += ["", f"Fastest eager PyTorch configuration: {a['fastest_eager']}."]
-    shallow = any(c["steady"]["stages"].get("unet_shallow") for c in ok)  # the feature cache's steps
-    table_stages = PLOT_STAGES + (("unet_shallow",) if shallow else ())
+    table_stages = PLOT_STAGES + tuple(  # the feature cache's steps, where some configuration ran them
+        s for s in ("unet_shallow", "unet_shallow_grounded") if any(c["steady"]["stages"].get(s) for c in ok)
+    )
     lines += [
         "",
         "## Per stage (median (p90, min); UNet rows per call, others per run; first run in brackets)",

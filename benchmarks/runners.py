@@ -168,8 +168,10 @@ def run_config(
     is_torch = config.kind != "ours"
     threads = _set_threads(scenario) if is_torch else scenario.threads
     request = make_request(scenario, workdir / "inputs")
-    if config.feature_cache >= 2:  # ours only: the baselines run every UNet whole
-        request = dataclasses.replace(request, feature_cache=config.feature_cache)
+    if config.feature_cache >= 2 or config.feature_cache_grounded >= 2:  # ours only: the baselines
+        request = dataclasses.replace(  # run every UNet whole
+            request, feature_cache=config.feature_cache, feature_cache_grounded=config.feature_cache_grounded
+        )
     base = rss_bytes()
     gpu = scenario.device == "cuda"
     if gpu and is_torch:

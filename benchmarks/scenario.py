@@ -70,6 +70,7 @@ class Scenario:
     matmul_size: int = 4096  # n of the n^3 matmul whose speed is the machine's peak
     gate_skip: bool = False  # our engines: one UNet with the fusers behind an If (no unet_plain)
     feature_cache: int = 0  # K >= 2: each of our configurations also runs with the feature cache K
+    feature_cache_grounded: int = 0  # K >= 2: ... and once more with the cache on grounded steps too
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -81,8 +82,11 @@ class Scenario:
             raise ValueError("steps and repeats must be >= 1 and warmup >= 0")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"beta {self.beta} must be in [0, 1]")
-        if self.feature_cache < 0:
-            raise ValueError(f"feature_cache {self.feature_cache} must be 0 (off) or an interval >= 2")
+        if self.feature_cache < 0 or self.feature_cache_grounded < 0:
+            raise ValueError(
+                f"feature caches {self.feature_cache}, {self.feature_cache_grounded} must be 0 (off) "
+                "or an interval >= 2"
+            )
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r} must be cpu or cuda")
 
@@ -91,6 +95,7 @@ class Scenario:
         """e.g. ``sd14-text-box-256px-20steps-cpu``."""
         skip = "-gateskip" if self.gate_skip else ""
         cache = f"-fc{self.feature_cache}" if self.feature_cache >= 2 else ""
+        cache += f"-fcg{self.feature_cache_grounded}" if self.feature_cache_grounded >= 2 else ""
         return f"{self.model}-{self.modality}-{self.size}px-{self.steps}steps-{self.device}{skip}{cache}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +115,7 @@ class Config:
     backend: str = "torch"
     precision: str = "fp32"
     feature_cache: int = 0  # ours: the request's feature_cache (engines exported with it when >= 2)
+    feature_cache_grounded: int = 0  # ours: the request's feature_cache_grounded (the same engines)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -120,6 +126,8 @@ class Config:
         """``ours ort-cpu fp32``, ``reference fp32``, ``eager bf16-autocast``."""
         if self.kind == "ours":
             cache = f" feature-cache {self.feature_cache}" if self.feature_cache >= 2 else ""
+            if self.feature_cache_grounded >= 2:
+                cache += f" grounded {self.feature_cache_grounded}"
             return f"ours {self.backend} {self.precision}{cache}"
         return f"{self.kind} {self.precision}"
 
@@ -133,6 +141,7 @@ class Config:
             backend=d.get("backend", "torch"),
             precision=d.get("precision", "fp32"),
             feature_cache=d.get("feature_cache", 0),
+            feature_cache_grounded=d.get("feature_cache_grounded", 0),
         )
 
 
@@ -171,6 +180,16 @@ def plan_configs(
                 configs.append(Config("ours", backend, precision))
                 if scenario.feature_cache >= 2:  # the same engines with and without the cache, one run
                     configs.append(Config("ours", backend, precision, scenario.feature_cache))
+                if scenario.feature_cache_grounded >= 2:  # and with the grounded steps cached too
+                    configs.append(
+                        Config(
+                            "ours",
+                            backend,
+                            precision,
+                            scenario.feature_cache,
+                            scenario.feature_cache_grounded,
+                        )
+                    )
     if eager:
         if Modality(scenario.modality) is not Modality.TEXT_BOX:
             skipped.append(

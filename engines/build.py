@@ -46,6 +46,7 @@ from gligen_rt.engines.spec import (
     UNET,
     UNET_PLAIN,
     UNET_SHALLOW,
+    UNET_SHALLOW_GROUNDED,
     VAE_DECODER,
     VAE_ENCODER,
     EngineSpec,
@@ -67,7 +68,7 @@ OPENVINO_PRECISIONS = {
     "int8-a": "openvino-int8a",
 }
 # Engines whose activations openvino-int8a quantizes (the others get its INT8 weights only).
-CALIBRATED_ENGINES = (UNET, UNET_PLAIN, UNET_SHALLOW)
+CALIBRATED_ENGINES = (UNET, UNET_PLAIN, UNET_SHALLOW, UNET_SHALLOW_GROUNDED)
 # TensorRT builders (also ONNX Runtime's TensorRT provider) that can run an FP32 graph at FP16.
 _TRT_FAMILY = ("tensorrt", "tensorrt-rtx", "ort-trt")
 # Engines that `static` fixes, and their batch per requested image (the CFG batch is 2x).
@@ -77,6 +78,7 @@ STATIC_BATCH_PER_IMAGE = {
     UNET: 2,
     UNET_PLAIN: 2,
     UNET_SHALLOW: 2,
+    UNET_SHALLOW_GROUNDED: 2,
     VAE_DECODER: 1,
     VAE_ENCODER: 1,
 }

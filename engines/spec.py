@@ -44,6 +44,7 @@ GROUNDING = "grounding"
 UNET = "unet"
 UNET_PLAIN = "unet_plain"
 UNET_SHALLOW = "unet_shallow"  # the feature cache's reuse steps (exported with --feature-cache)
+UNET_SHALLOW_GROUNDED = "unet_shallow_grounded"  # the same on grounded steps, fusers included
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 ENGINE_NAMES = (
@@ -53,6 +54,7 @@ ENGINE_NAMES = (
     UNET,
     UNET_PLAIN,
     UNET_SHALLOW,
+    UNET_SHALLOW_GROUNDED,
     VAE_DECODER,
     VAE_ENCODER,
 )
@@ -250,7 +252,8 @@ def specs_for(
     feature_cache: the folder was exported for the feature cache (DeepCache-style, on plain steps):
     `unet` and `unet_plain` also output `deep`, the input of the UNet's last up block
     (B, block_out_channels[1], h, w), and `unet_shallow` takes it back: conv_in, the first down
-    level and the last up level only (gligen_ref/model.py `unet_shallow`).
+    level and the last up level only (gligen_ref/model.py `unet_shallow`); `unet_shallow_grounded`
+    is the same cut of the grounded UNet (its fusers included), for the grounded steps.
     """
     env = envelope or ShapeEnvelope.for_config(config)
     f = config.vae.downscale
@@ -295,11 +298,9 @@ def specs_for(
     deep = _t("deep", b, config.unet.block_out_channels[1], hl, wl)
     unet_out = eps + ((deep,) if feature_cache else ())
     extra = (_t("extra", b, k, hl, wl),) if k else ()
+    grounding = (_t("tokens", b, config.num_tokens, d), _t("gate", 1))
     specs[UNET] = EngineSpec(
-        UNET,
-        (sample, timestep, context, _t("tokens", b, config.num_tokens, d), _t("gate", 1)) + extra,
-        unet_out,
-        Envelope(batch=cfg_batch, **hw),
+        UNET, (sample, timestep, context) + grounding + extra, unet_out, Envelope(batch=cfg_batch, **hw)
     )
     plain_extra = extra if config.inpaint else ()
     if include_plain:
@@ -310,6 +311,12 @@ def specs_for(
         specs[UNET_SHALLOW] = EngineSpec(
             UNET_SHALLOW,
             (sample, timestep, context, deep) + plain_extra,
+            eps,
+            Envelope(batch=cfg_batch, **hw),
+        )
+        specs[UNET_SHALLOW_GROUNDED] = EngineSpec(
+            UNET_SHALLOW_GROUNDED,
+            (sample, timestep, context) + grounding + (deep,) + extra,
             eps,
             Envelope(batch=cfg_batch, **hw),
         )

@@ -179,7 +179,8 @@ def export_engines(
     env = envelope or S.ShapeEnvelope.for_config(config)
     form = SDPA if opset >= DYNAMO_MIN_OPSET else MATMUL
     reference = src.model
-    grounded = fuse_fusers(reference, form) if fuse and S.UNET in names else reference
+    with_fusers = (S.UNET, S.UNET_SHALLOW_GROUNDED)  # the engines that run the fusers
+    grounded = fuse_fusers(reference, form) if fuse and any(n in names for n in with_fusers) else reference
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
@@ -193,7 +194,7 @@ def export_engines(
                 bar.set_postfix_str(name)
             engine_precision, flavor = _precision_of(name, precision, fp16_flavor)
             results[name] = export_engine(
-                grounded if name == S.UNET else reference,
+                grounded if name in with_fusers else reference,
                 specs[name],
                 work,
                 config=config,
@@ -205,8 +206,8 @@ def export_engines(
                 external_data_min_bytes=external_data_min_bytes,
                 unfused_model=reference if (name == S.UNET and fuse and count_unfused) else None,
                 export_info={
-                    "fused": bool(fuse and name == S.UNET),
-                    "attention_form": form if fuse and name == S.UNET else None,
+                    "fused": bool(fuse and name in with_fusers),
+                    "attention_form": form if fuse and name in with_fusers else None,
                     "fusers": count_fusers(grounded)[1] if name == S.UNET else 0,
                 },
                 seed=seed,

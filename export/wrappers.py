@@ -12,6 +12,7 @@ engine's named inputs are passed by name, tuples are returned in the spec's outp
 | unet | UNetGrounded | unet_grounded |
 | unet_plain | UNetPlain | unet_plain |
 | unet_shallow | UNetShallow | unet_shallow |
+| unet_shallow_grounded | UNetShallowGrounded | unet_shallow_grounded |
 | vae_decoder | VAEDecoder | vae_decode |
 | vae_encoder | VAEEncoder | vae_encode |
 """
@@ -110,6 +111,22 @@ class UNetShallow(EngineWrapper):
         return self.model.unet_shallow(sample, timestep, context, deep, extra)
 
 
+class UNetShallowGrounded(EngineWrapper):
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        tokens: torch.Tensor,
+        gate: torch.Tensor,
+        deep: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """sample (B, 4, h, w), timestep (1,), context (B, 77, D), tokens (B, N, D), gate (1,), deep
+        (B, C1, h, w) from an earlier grounded step, [extra (B, k, h, w)] float32 -> eps float32."""
+        return self.model.unet_shallow_grounded(sample, timestep, context, tokens, gate, deep, extra)
+
+
 class VAEDecoder(EngineWrapper):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B, 4, h, w) scaled float32 -> images (B, 3, 8h, 8w) float32, about [-1, 1]."""
@@ -129,6 +146,7 @@ WRAPPERS: dict[str, type[EngineWrapper]] = {
     S.UNET: UNetGrounded,
     S.UNET_PLAIN: UNetPlain,
     S.UNET_SHALLOW: UNetShallow,
+    S.UNET_SHALLOW_GROUNDED: UNetShallowGrounded,
     S.VAE_DECODER: VAEDecoder,
     S.VAE_ENCODER: VAEEncoder,
 }

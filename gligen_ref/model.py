@@ -184,12 +184,8 @@ class GLIGENModel(nn.Module):
         -> eps (B,4,h,w) float32 (and, with ``return_deep``, the feature cache's ``deep``:
         see ``unet_shallow``)."""
         gate = gate.to(sample.dtype)
-        if self.sd_conv_in is not None:
-            h = torch.where(gate == 0, self.sd_conv_in(sample), self.conv_in(self._with_extra(sample, extra)))
-        else:
-            h = self.conv_in(self._with_extra(sample, extra))
         kwargs = {"gligen": {"tokens": tokens, "gate": gate}}
-        return self._unet(h, timestep, context, kwargs, return_deep)
+        return self._unet(self._grounded_conv_in(sample, extra, gate), timestep, context, kwargs, return_deep)
 
     def unet_plain(
         self,
@@ -223,27 +219,27 @@ class GLIGENModel(nn.Module):
         downsampler), the last up level and conv_out: with ``deep`` from the same inputs it is
         ``unet_plain`` exactly. sample, timestep, context, extra as ``unet_plain`` -> eps (B,4,h,w).
         """
-        unet = self.unet
-        h = self._plain_conv_in(sample, extra)
-        emb = unet.time_embedding(unet.get_time_embed(sample=h, timestep=timestep))
-        skips = [h]
-        first = unet.down_blocks[0]
-        attentions = getattr(first, "attentions", None) or [None] * len(first.resnets)
-        for resnet, attention in zip(first.resnets, attentions):
-            h = resnet(h, emb)
-            if attention is not None:
-                h = attention(h, encoder_hidden_states=context, return_dict=False)[0]
-            skips.append(h)
-        last = unet.up_blocks[-1]
-        if len(last.resnets) != len(skips):
-            raise ValueError(
-                f"the last up block takes {len(last.resnets)} skips, the first level gives {len(skips)}"
-            )
-        kwargs = {"encoder_hidden_states": context} if getattr(last, "has_cross_attention", False) else {}
-        h = last(hidden_states=deep.to(h.dtype), temb=emb, res_hidden_states_tuple=tuple(skips), **kwargs)
-        if unet.conv_norm_out is not None:
-            h = unet.conv_act(unet.conv_norm_out(h))
-        return unet.conv_out(h)
+        return self._shallow(self._plain_conv_in(sample, extra), timestep, context, deep, None)
+
+    def unet_shallow_grounded(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        tokens: torch.Tensor,
+        gate: torch.Tensor,
+        deep: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The feature cache on the grounded steps: ``unet_grounded`` with everything below the
+        first level replaced by ``deep`` from an earlier grounded step (``unet_grounded`` with
+        ``return_deep``). The first and last levels run their fusers with ``tokens`` and ``gate``;
+        with ``deep`` from the same inputs it is ``unet_grounded`` exactly. Inputs as
+        ``unet_grounded``, plus ``deep`` -> eps (B,4,h,w)."""
+        gate = gate.to(sample.dtype)
+        # what the UNet's forward hands its blocks: position_net (the pass-through) makes ``objs``
+        kwargs = {"gligen": {"objs": self.unet.position_net(tokens=tokens, gate=gate)}}
+        return self._shallow(self._grounded_conv_in(sample, extra, gate), timestep, context, deep, kwargs)
 
     def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents (B,4,h,w) scaled -> images (B,3,8h,8w) float32, un-clamped (about [-1,1])."""
@@ -261,6 +257,54 @@ class GLIGENModel(nn.Module):
         if self.sd_conv_in is not None:
             return self.sd_conv_in(sample)
         return self.conv_in(self._with_extra(sample, extra))
+
+    def _grounded_conv_in(
+        self, sample: torch.Tensor, extra: torch.Tensor | None, gate: torch.Tensor
+    ) -> torch.Tensor:
+        """Spatial models: SD's conv_in where the gate is 0 (the original's scheduled sampling),
+        else the grounded conv_in over [sample; extra]."""
+        if self.sd_conv_in is not None:
+            return torch.where(
+                gate == 0, self.sd_conv_in(sample), self.conv_in(self._with_extra(sample, extra))
+            )
+        return self.conv_in(self._with_extra(sample, extra))
+
+    def _shallow(
+        self,
+        h: torch.Tensor,
+        timestep: torch.Tensor,
+        context: torch.Tensor,
+        deep: torch.Tensor,
+        kwargs: dict | None,
+    ) -> torch.Tensor:
+        """The UNet after conv_in with its levels below the first replaced by ``deep``: the time
+        embedding, the first down level (not its downsampler), the last up level, conv_out."""
+        unet = self.unet
+        emb = unet.time_embedding(unet.get_time_embed(sample=h, timestep=timestep))
+        skips = [h]
+        first = unet.down_blocks[0]
+        attentions = getattr(first, "attentions", None) or [None] * len(first.resnets)
+        for resnet, attention in zip(first.resnets, attentions):
+            h = resnet(h, emb)
+            if attention is not None:
+                h = attention(
+                    h, encoder_hidden_states=context, cross_attention_kwargs=kwargs, return_dict=False
+                )[0]
+            skips.append(h)
+        last = unet.up_blocks[-1]
+        if len(last.resnets) != len(skips):
+            raise ValueError(
+                f"the last up block takes {len(last.resnets)} skips, the first level gives {len(skips)}"
+            )
+        extra_kw = (
+            {"encoder_hidden_states": context, "cross_attention_kwargs": kwargs}
+            if getattr(last, "has_cross_attention", False)
+            else {}
+        )
+        h = last(hidden_states=deep.to(h.dtype), temb=emb, res_hidden_states_tuple=tuple(skips), **extra_kw)
+        if unet.conv_norm_out is not None:
+            h = unet.conv_act(unet.conv_norm_out(h))
+        return unet.conv_out(h)
 
     def _unet(
         self,

@@ -196,10 +196,15 @@ class ReferencePipeline:
             request.beta, request.alpha_type, cfg.modality, cfg.inpaint, len(scheduler.timesteps)
         )
         plan = make_plan(
-            scheduler.timesteps, gates, plain_available=True, feature_cache=request.feature_cache
+            scheduler.timesteps,
+            gates,
+            plain_available=True,
+            feature_cache=request.feature_cache,
+            feature_cache_grounded=request.feature_cache_grounded,
         )
         cached = any(step.engine == "unet_shallow" for step in plan)
-        kept: dict[str, torch.Tensor] = {}  # the feature cache: deep of the last whole plain UNet
+        cached_grounded = any(step.engine == "unet_shallow_grounded" for step in plan)
+        kept: dict[str, torch.Tensor] = {}  # the feature cache: deep of the last whole UNet
         x = x * scheduler.init_noise_sigma
         tic = time.perf_counter()
         for step in plan:
@@ -210,8 +215,17 @@ class ReferencePipeline:
 
             def unet(sample: torch.Tensor, t: float, step=step, gate=gate) -> torch.Tensor:
                 ts = torch.tensor([float(t)], dtype=torch.float32, device=self.device)
-                if step.engine == "unet":
+                if step.engine == "unet" and not cached_grounded:
                     return self.model.unet_grounded(sample, ts, ctx, tokens, gate, extra)
+                if step.engine == "unet":
+                    eps, kept["deep"] = self.model.unet_grounded(
+                        sample, ts, ctx, tokens, gate, extra, return_deep=True
+                    )
+                    return eps
+                if step.engine == "unet_shallow_grounded":
+                    return self.model.unet_shallow_grounded(
+                        sample, ts, ctx, tokens, gate, kept["deep"], extra
+                    )
                 if step.engine == "unet_shallow":
                     return self.model.unet_shallow(sample, ts, ctx, kept["deep"], extra)
                 if not cached:

@@ -122,6 +122,14 @@ def add_request_args(p: argparse.ArgumentParser) -> None:
         help="reuse the deep UNet features on the plain steps: the whole UNet every K-th plain step, its "
         "first and last levels between (engines exported with --feature-cache; default: off)",
     )
+    g.add_argument(
+        "--feature-cache-grounded",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the same on the grounded steps: the whole grounded UNet every K-th, its first and last "
+        "levels with their fusers between (engines exported with --feature-cache; default: off)",
+    )
 
 
 _SCALARS = (
@@ -136,6 +144,7 @@ _SCALARS = (
     "width",
     "num_images",
     "feature_cache",
+    "feature_cache_grounded",
     "condition",
     "inpaint_image",
     "style_image",
@@ -256,5 +265,10 @@ def summary(request: GenerationRequest) -> str:
         + (f", {size}" if size else "")
         + (f", {request.num_images} images" if request.num_images != 1 else "")
         + (f", feature cache every {request.feature_cache}" if request.feature_cache >= 2 else "")
+        + (
+            f", grounded feature cache every {request.feature_cache_grounded}"
+            if request.feature_cache_grounded >= 2
+            else ""
+        )
     )
     return "; ".join(parts)

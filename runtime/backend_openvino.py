@@ -30,7 +30,15 @@ import numpy as np
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import installed_versions, verify
 from gligen_rt.engines.openvino import BUILDS, check_weights, compile_model, import_openvino, onnx_blob_cache
-from gligen_rt.engines.spec import GROUNDING, UNET, UNET_PLAIN, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER
+from gligen_rt.engines.spec import (
+    GROUNDING,
+    UNET,
+    UNET_PLAIN,
+    UNET_SHALLOW,
+    UNET_SHALLOW_GROUNDED,
+    VAE_DECODER,
+    VAE_ENCODER,
+)
 
 from .arrays import Array
 from .backend import Backend
@@ -39,7 +47,7 @@ from .folder import EngineFolder
 log = logging.getLogger(__name__)
 
 # Engines whose shapes a request's size and image count fix: compiled static per shape.
-PER_SHAPE = (GROUNDING, UNET, UNET_PLAIN, UNET_SHALLOW, VAE_DECODER, VAE_ENCODER)
+PER_SHAPE = (GROUNDING, UNET, UNET_PLAIN, UNET_SHALLOW, UNET_SHALLOW_GROUNDED, VAE_DECODER, VAE_ENCODER)
 
 
 class _RequestPool:

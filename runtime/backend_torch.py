@@ -24,6 +24,7 @@ from gligen_rt.engines.spec import (
     UNET,
     UNET_PLAIN,
     UNET_SHALLOW,
+    UNET_SHALLOW_GROUNDED,
     VAE_DECODER,
     VAE_ENCODER,
 )
@@ -53,6 +54,12 @@ def _call(model: Any, engine: str, t: dict[str, Any], deep: bool = False) -> tup
         return out if deep else (out,)
     if engine == UNET_SHALLOW:
         return (model.unet_shallow(t["sample"], t["timestep"], t["context"], t["deep"], t.get("extra")),)
+    if engine == UNET_SHALLOW_GROUNDED:
+        return (
+            model.unet_shallow_grounded(
+                t["sample"], t["timestep"], t["context"], t["tokens"], t["gate"], t["deep"], t.get("extra")
+            ),
+        )
     if engine == VAE_DECODER:
         return (model.vae_decode(t["latents"]),)
     if engine == VAE_ENCODER:

@@ -3,14 +3,16 @@
 INT8 activations need each quantized tensor's range, and the ranges a UNet sees depend on where it
 is in a trajectory (the timestep), on the prompt and on the grounding. So the inputs are the UNets'
 own, recorded while this runtime generates calibration requests on the exported FP32 graphs
-(OpenVINO FP32): every call of ``unet``, ``unet_plain`` and ``unet_shallow`` along each request's
+(OpenVINO FP32): every call of ``unet``, ``unet_plain``, ``unet_shallow`` and ``unet_shallow_grounded``
+along each request's
 trajectory (classifier-free guidance batch, the request's sampler and steps), then ``samples`` of
 them per engine spread evenly over the calls; a UNet that runs both phases (a gate-skip ``unet``,
 or ``unet`` at gate 0) takes half of them from its grounded calls, where its fusers run.
 
 Default requests (text-box models, one image, the folder's default size unless a size is given):
 ``DEFAULT_REQUESTS``, four everyday scenes with one to three boxes, 20 PLMS steps, SD's guidance
-7.5; a folder exported with the feature cache runs them with it, so ``unet_shallow`` is seen. Give
+7.5; a folder exported with the feature cache runs them with it on both phases (K 3), so
+``unet_shallow`` and ``unet_shallow_grounded`` are seen. Give
 requests like the ones you will run (``--calibration REQUEST.json ...``): a model's ranges follow
 its prompts, and other modalities need their own inputs (keypoints, maps, images).
 """
@@ -28,13 +30,13 @@ import numpy as np
 from gligen_rt.core.errors import RequestError
 from gligen_rt.core.modality import Modality
 from gligen_rt.core.request import GenerationRequest, GroundedObject
-from gligen_rt.engines.spec import UNET, UNET_PLAIN, UNET_SHALLOW
+from gligen_rt.engines.spec import UNET, UNET_PLAIN, UNET_SHALLOW, UNET_SHALLOW_GROUNDED
 
 from .arrays import Array
 from .backend import Backend, make_backend
 from .folder import EngineFolder
 
-UNETS = (UNET, UNET_PLAIN, UNET_SHALLOW)
+UNETS = (UNET, UNET_PLAIN, UNET_SHALLOW, UNET_SHALLOW_GROUNDED)
 DEFAULT_SAMPLES = 16  # per engine; 12 over two trajectories gave benchmarks/results/int8_activations
 _SCENES = (
     (
@@ -92,7 +94,8 @@ class _Recording(Backend):
 
 def default_requests(folder: EngineFolder, size: tuple[int, int] | None = None) -> list[GenerationRequest]:
     """DEFAULT_REQUESTS at ``size`` (height, width; default: the model's size), with the feature cache
-    where the folder has ``unet_shallow``; RequestError for a model that is not text-box."""
+    where the folder has ``unet_shallow`` (and on the grounded steps where it has
+    ``unet_shallow_grounded``); RequestError for a model that is not text-box."""
     config = folder.config
     if config.modality is not Modality.TEXT_BOX or config.inpaint:
         kind = f"{'inpainting ' if config.inpaint else ''}{config.modality.value}"
@@ -102,7 +105,11 @@ def default_requests(folder: EngineFolder, size: tuple[int, int] | None = None) 
         )
     h, w = size if size is not None else (config.default_size, config.default_size)
     cache = 3 if UNET_SHALLOW in folder.specs else 0
-    return [dataclasses.replace(r, height=h, width=w, feature_cache=cache) for r in DEFAULT_REQUESTS]
+    grounded = 3 if UNET_SHALLOW_GROUNDED in folder.specs else 0
+    return [
+        dataclasses.replace(r, height=h, width=w, feature_cache=cache, feature_cache_grounded=grounded)
+        for r in DEFAULT_REQUESTS
+    ]
 
 
 def read_requests(paths: Sequence[str | os.PathLike[str]]) -> list[GenerationRequest]:

@@ -66,7 +66,10 @@ def open_pipeline(args: argparse.Namespace) -> Any:
         bool(getattr(args, "inpaint", False)),
         backend,
         single_unet=single,
-        feature_cache=(getattr(args, "feature_cache", None) or 0) >= 2,
+        feature_cache=max(
+            getattr(args, "feature_cache", None) or 0, getattr(args, "feature_cache_grounded", None) or 0
+        )
+        >= 2,
         cache_dir=getattr(args, "cache_dir", None),
         **options,
     )

@@ -9,8 +9,9 @@ Per step (gligen_ref/pipeline.py, step 6, the same arithmetic in the same order)
         eps    = eps_u + s * (eps_c - eps_u)
     x <- scheduler.step(x, i, eps_fn)             (PLMS calls eps_fn twice on its first step)
 
-With the feature cache (``request.feature_cache``), the plan's ``unet_shallow`` steps take ``deep``,
-which the last whole-UNet step returned beside ``eps`` (kept here, one array, replaced each time).
+With the feature cache (``request.feature_cache`` / ``feature_cache_grounded``), the plan's
+``unet_shallow`` / ``unet_shallow_grounded`` steps take ``deep``, which the last whole-UNet step
+returned beside ``eps`` (kept here, one array, replaced each time; the plan starts each phase whole).
 
 The CFG blend and the inpainting blend are gligen_rt.core.flow's (shared with the reference).
 The engine of a step and its gate come from the plan (``PlanStep``); what each engine takes is
@@ -86,7 +87,7 @@ def denoise(
         cond: context, tokens, extra, guidance.
         run: ``run(engine, inputs) -> outputs`` (a backend's run, possibly timed).
         input_names: {engine: its input names in spec order} for "unet" / "unet_plain" /
-            "unet_shallow".
+            "unet_shallow" / "unet_shallow_grounded".
         arrays: the backend's array library.
         inpainting: the known region, or None.
         on_step: called as on_step(i, S) after each step.

@@ -43,6 +43,7 @@ from gligen_rt.engines.spec import (
     UNET,
     UNET_PLAIN,
     UNET_SHALLOW,
+    UNET_SHALLOW_GROUNDED,
     VAE_DECODER,
     VAE_ENCODER,
     concrete_shapes,
@@ -105,7 +106,7 @@ class _Timeline:
 
 
 # Engines --low-memory loads for their stage of a request and releases after it.
-UNETS = (UNET, UNET_PLAIN, UNET_SHALLOW)  # the engines a denoising step may run
+UNETS = (UNET, UNET_PLAIN, UNET_SHALLOW, UNET_SHALLOW_GROUNDED)  # the engines a denoising step may run
 STAGED_ENGINES = (TEXT_ENCODER, IMAGE_ENCODER, VAE_ENCODER, VAE_DECODER)
 
 
@@ -264,6 +265,7 @@ class GligenPipeline:
             UNET: unet_batch,
             UNET_PLAIN: unet_batch,
             UNET_SHALLOW: unet_batch,
+            UNET_SHALLOW_GROUNDED: unet_batch,
             VAE_DECODER: n,
             VAE_ENCODER: 1,
         }
@@ -277,6 +279,12 @@ class GligenPipeline:
             raise RequestError(
                 f"feature_cache {request.feature_cache} needs engines exported with "
                 "`gligen-rt export --feature-cache` (this folder has no unet_shallow): re-export, or drop it"
+            )
+        if request.feature_cache_grounded >= 2 and UNET_SHALLOW_GROUNDED not in self.specs:
+            raise RequestError(
+                f"feature_cache_grounded {request.feature_cache_grounded} needs engines exported with "
+                "`gligen-rt export --feature-cache` by this version (this folder has no "
+                "unet_shallow_grounded): re-export, or drop it"
             )
         return H, W
 
@@ -380,6 +388,7 @@ class GligenPipeline:
                 gates,
                 plain_available=self.backend.has(UNET_PLAIN),
                 feature_cache=request.feature_cache,
+                feature_cache_grounded=request.feature_cache_grounded,
             )
             if cfg.inpaint:
                 step_noise = np.stack([rng.latents(latent_shape) for _ in plan])

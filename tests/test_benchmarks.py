@@ -268,6 +268,15 @@ def test_plan_configs_filters_and_explains() -> None:
     assert "text-box only" in skipped[0]["reason"]
     with pytest.raises(ValueError, match="unknown backend"):
         plan_configs(Scenario(), ["nope"], ["fp32"])
+    cached = Scenario(feature_cache=3, feature_cache_grounded=2)
+    configs, _ = plan_configs(cached, ["openvino"], ["fp32"], eager=False, reference=False)
+    assert [c.label for c in configs] == [
+        "ours openvino fp32",
+        "ours openvino fp32 feature-cache 3",
+        "ours openvino fp32 feature-cache 3 grounded 2",
+    ]
+    assert cached.key.endswith("-fc3-fcg2")
+    assert Config.from_dict(configs[2].to_dict()) == configs[2]
 
 
 def test_stats_timer_and_psnr() -> None:

@@ -59,13 +59,21 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             tmp, "tb16", precision="fp16", engines=["text_encoder", "grounding", "unet", "vae_decoder"]
         ),
         # image encoder, VAE encoder, the inpainting plain UNet with its 9-channel conv_in and `extra`,
-        # and the feature cache's unet_shallow (the plain UNet then also outputs `deep`)
+        # and the feature cache's unet_shallow and unet_shallow_grounded (the plain UNet then also
+        # outputs `deep`)
         "tib-inpaint": _export(
             tmp,
             "tib",
             modality="text-image-box",
             inpaint=True,
-            engines=["image_encoder", "grounding", "unet_plain", "unet_shallow", "vae_encoder"],
+            engines=[
+                "image_encoder",
+                "grounding",
+                "unet_plain",
+                "unet_shallow",
+                "unet_shallow_grounded",
+                "vae_encoder",
+            ],
             feature_cache=True,
         ),
         # spatial: grounding with `extra`, condition in pixels, the UNet with `extra` switching

@@ -1,4 +1,5 @@
-"""The feature cache (DeepCache-style reuse of the deep UNet features on plain steps), end to end on
+"""The feature cache (DeepCache-style reuse of the deep UNet features on plain steps, and on grounded
+steps with feature_cache_grounded), end to end on
 tiny engine folders exported with --feature-cache: every UNet layout (unet_plain beside unet; one
 unet run at gate 0; one gate-skip unet, its fusers behind an If), ORT CPU and OpenVINO against the reference pipeline with the same cache, the plan's
 engine calls, and the one-line error on a folder exported without it."""
@@ -76,6 +77,39 @@ def test_runtime_with_the_cache_equals_the_reference_with_it(
     assert _relative(got_whole, want_whole) < TOL
 
 
+GROUNDED_GATES = (0.5, 0.0, 0.5)  # 4 grounded steps, 4 plain ones
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_the_grounded_cache_equals_the_reference_with_it(
+    case: tuple[Path, bool], backend: str, images: dict[str, str]
+) -> None:
+    """feature_cache_grounded 2 with feature_cache 3: grounded steps 1 and 3 run the whole UNet, 2
+    and 4 `unet_shallow_grounded` (its fusers on the grounding tokens); the plain steps as before."""
+    folder, inpaint = case
+    ref = reference("text-box", inpaint)
+    req = request_for("text-box", inpaint, images, steps=STEPS, alpha_type=GROUNDED_GATES)
+    plain_only = dataclasses.replace(req, feature_cache=K)
+    both = dataclasses.replace(plain_only, feature_cache_grounded=2)
+    want, want_plain_only = ref(both).latents, ref(plain_only).latents
+    assert _relative(want, want_plain_only) > 4 * TOL, "the grounded cache changed nothing in the reference"
+    with GligenPipeline.from_engines(folder, backend, threads=2) as pipe:
+        calls: Counter[str] = Counter()
+        run = pipe.backend.run
+
+        def counting(engine: str, inputs):  # noqa: ANN001, ANN202
+            calls[engine] += 1
+            return run(engine, inputs)
+
+        pipe.backend.run = counting  # type: ignore[method-assign]
+        got = pipe(both).latents
+    # PLMS: the first step calls the UNet twice; grounded 0 (x2), 2 whole, 1, 3 shallow; plain
+    # steps 4, 7 whole, 5, 6 shallow
+    assert calls["unet_shallow_grounded"] == 2 and calls["unet_shallow"] == 2
+    assert calls["unet"] + calls["unet_plain"] == 5
+    assert _relative(got, want) < TOL
+
+
 def test_a_folder_without_the_cache_says_how_to_get_it(
     tmp_path_factory: pytest.TempPathFactory, images: dict[str, str]
 ) -> None:
@@ -85,18 +119,23 @@ def test_a_folder_without_the_cache_says_how_to_get_it(
         with pytest.raises(RequestError, match="--feature-cache") as e:
             pipe(req)
         assert "\n" not in str(e.value)
+        with pytest.raises(RequestError, match="--feature-cache") as e:
+            pipe(dataclasses.replace(req, feature_cache=0, feature_cache_grounded=2))
+        assert "\n" not in str(e.value)
         assert pipe(dataclasses.replace(req, feature_cache=1)).images.shape[0] == 1  # 1: off
 
 
 def test_cli_runs_it_on_tiny_random_and_refuses_it_on_a_folder_without(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`generate --model tiny-random --feature-cache K` exports the folder with the cache; on a
-    folder exported without it the same flag is one line naming the export flag, exit 2, no file."""
+    """`generate --model tiny-random --feature-cache K --feature-cache-grounded K` exports the folder
+    with the cache; on a folder exported without it the same flags are one line naming the export
+    flag, exit 2, no file."""
     from gligen_rt.cli import main
 
     request = ["--prompt", "a cat", "--phrase", "a cat", "--box", "0.1,0.1,0.6,0.6", "--steps", "6"]
-    request += ["--beta", "0.3", "--height", "64", "--width", "64", "--feature-cache", "2"]
+    request += ["--beta", "0.5", "--height", "64", "--width", "64", "--feature-cache", "2"]
+    request += ["--feature-cache-grounded", "2"]
     cache = str(cache_root(tmp_path_factory))
     tiny = ["generate", "--model", "tiny-random", "--cache-dir", cache, *request]
     assert main([*tiny, "--out", str(tmp_path / "a.png")]) == 0

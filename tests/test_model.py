@@ -271,3 +271,48 @@ def test_unet_shallow_on_its_own_deep_is_unet_plain(modality: Modality, inpaint:
     assert torch.equal(shallow, plain)
     torch.testing.assert_close(deep_gate0, deep, atol=TOL, rtol=TOL)
     assert (reused - plain).abs().max() > EFFECT
+
+
+@pytest.mark.parametrize(
+    "modality,inpaint",
+    [(Modality.TEXT_BOX, False), (Modality.HED, False), (Modality.TEXT_BOX, True)],
+    ids=["text-box", "hed", "inpaint-text-box"],
+)
+def test_unet_shallow_grounded_on_its_own_deep_is_unet_grounded(
+    modality: Modality, inpaint: bool, tiny_model
+) -> None:
+    """The same identity on the grounded steps: fed the deep features of the same grounded inputs,
+    the shallow grounded UNet gives the grounded UNet's eps exactly; its first and last levels' fusers
+    run (their tokens and gate change eps); other deep features change eps."""
+    model = tiny_model(modality, inpaint)
+    x = _unet_inputs(model.config)
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randn(2, model.config.num_tokens, model.config.context_dim, generator=g)
+    extra = (
+        torch.randn(2, model.config.extra_channels, LATENT, LATENT, generator=g)
+        if modality.is_spatial
+        else x["extra"]
+    )
+    gate = torch.tensor([1.0])
+    args = (x["sample"], x["timestep"], x["context"])
+    with torch.no_grad():
+        whole = model.unet_grounded(*args, tokens, gate, extra)
+        eps, deep = model.unet_grounded(*args, tokens, gate, extra, True)
+        shallow = model.unet_shallow_grounded(*args, tokens, gate, deep, extra)
+        other_tokens = model.unet_shallow_grounded(*args, torch.zeros_like(tokens), gate, deep, extra)
+        gate_zero = model.unet_shallow_grounded(*args, tokens, torch.tensor([0.0]), deep, extra)
+        _, deep_other = model.unet_grounded(
+            _unet_inputs(model.config, seed=1)["sample"],
+            torch.tensor(521.0),
+            x["context"],
+            tokens,
+            gate,
+            extra,
+            True,
+        )
+        reused = model.unet_shallow_grounded(*args, tokens, gate, deep_other, extra)
+    assert torch.equal(eps, whole)
+    assert torch.equal(shallow, whole)
+    assert (other_tokens - whole).abs().max() > EFFECT
+    assert (gate_zero - whole).abs().max() > EFFECT
+    assert (reused - whole).abs().max() > EFFECT

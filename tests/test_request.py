@@ -154,6 +154,14 @@ CASES = [
     ("num-images-0", TB, False, lambda r, i: _with(r, num_images=0), {}, "num_images"),
     ("feature-cache-negative", TB, False, lambda r, i: _with(r, feature_cache=-1), {}, "feature_cache"),
     ("feature-cache-float", TB, False, lambda r, i: _with(r, feature_cache=2.5), {}, "feature_cache"),
+    (
+        "feature-cache-grounded-negative",
+        TB,
+        False,
+        lambda r, i: _with(r, feature_cache_grounded=-1),
+        {},
+        "feature_cache_grounded",
+    ),
     ("seed-negative", TB, False, lambda r, i: _with(r, seed=-1), {}, "seed"),
     ("prompt-not-str", TB, False, lambda r, i: _with(r, prompt=None), {}, "prompt"),
     (
@@ -246,6 +254,7 @@ def _full_request(folder: str) -> GenerationRequest:
         width=768,
         num_images=3,
         feature_cache=3,
+        feature_cache_grounded=2,
     )
 
 
@@ -261,6 +270,7 @@ def test_json_round_trip(tmp_path):
     assert request_from_json(request_to_json(minimal)) == minimal
     assert "alpha_type" not in request_to_json(minimal)
     assert "feature_cache" not in request_to_json(minimal)
+    assert "feature_cache_grounded" not in request_to_json(minimal)
 
 
 def test_json_relative_paths_resolve_against_file_folder(tmp_path, monkeypatch):

@@ -149,6 +149,32 @@ def test_make_plan_feature_cache():
         assert make_plan(timesteps, gates, True, feature_cache=off) == make_plan(timesteps, gates, True)
 
 
+def test_make_plan_grounded_feature_cache():
+    """feature_cache_grounded K: every K-th grounded step (from the first) runs the whole grounded
+    UNet, the others unet_shallow_grounded with their own gate; each run of one phase starts whole,
+    so a shallow step never reuses the other phase's deep features."""
+    timesteps = np.arange(10, 0, -1)
+    gates = (1.0, 1.0, 0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    plan = make_plan(timesteps, gates, plain_available=True, feature_cache=2, feature_cache_grounded=3)
+    assert [s.engine for s in plan] == ["unet", "unet_shallow_grounded", "unet_shallow_grounded", "unet"] + [
+        "unet_plain",
+        "unet_shallow",
+    ] * 3
+    assert [s.gate for s in plan] == list(gates)
+    grounded_only = make_plan(timesteps, gates, True, feature_cache_grounded=2)
+    assert [s.engine for s in grounded_only][:4] == ["unet", "unet_shallow_grounded"] * 2
+    assert {s.engine for s in grounded_only[4:]} == {"unet_plain"}
+    back_and_forth = make_plan(np.arange(6, 0, -1), (1.0, 1.0, 0.0, 0.0, 1.0, 1.0), False, 2, 2)
+    assert [s.engine for s in back_and_forth] == ["unet", "unet_shallow_grounded", "unet", "unet_shallow"] + [
+        "unet",
+        "unet_shallow_grounded",
+    ]
+    for off in (0, 1):
+        assert make_plan(timesteps, gates, True, feature_cache_grounded=off) == make_plan(
+            timesteps, gates, True
+        )
+
+
 def test_make_plan_float_timesteps_and_errors():
     plan = make_plan(np.array([999.0, 499.5]), (1.0, 0.0), plain_available=True)
     assert [s.timestep for s in plan] == [999.0, 499.5]

@@ -16,7 +16,8 @@ JSON form (``request_from_json`` / ``request_to_json``)::
      "seed": 1, "steps": 50, "guidance": 7.5, "sampler": "plms",
      "beta": 0.3,                      # or "alpha_type": [0.3, 0.0, 0.7], not both
      "height": 512, "width": 512, "num_images": 1,
-     "feature_cache": 3}                # optional: reuse the deep UNet features on plain steps
+     "feature_cache": 3,                # optional: reuse the deep UNet features on plain steps
+     "feature_cache_grounded": 0}       # optional: the same on the grounded steps (off: 0)
 
 Every key but ``prompt`` is optional. Relative file paths in a JSON file resolve against the JSON
 file's folder.
@@ -78,6 +79,10 @@ class GenerationRequest:
     feature_cache: K >= 2 reuses the deep UNet features on the plain (gate 0) steps, DeepCache-style:
     every K-th plain step runs the whole UNet, the K - 1 after it only its first and last levels
     (engines exported with --feature-cache). 0 or 1: every step runs the whole UNet (the default).
+    feature_cache_grounded: the same on the grounded (gate > 0) steps: every K-th runs the whole
+    grounded UNet, the K - 1 after it ``unet_shallow_grounded`` (its first and last levels, their
+    fusers included). Off (0) by default: it trades grounding accuracy for speed (measured in
+    benchmarks/results/feature_cache/README.md).
     """
 
     prompt: str
@@ -97,6 +102,7 @@ class GenerationRequest:
     width: int | None = None
     num_images: int = 1
     feature_cache: int = 0
+    feature_cache_grounded: int = 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -331,11 +337,13 @@ def validate_fields(request: GenerationRequest, max_size: int | None = None, mul
     _check_size(request.width, "width", multiple, max_size)
     if not _is_int(request.num_images) or request.num_images < 1:
         raise _fail(f"num_images must be an integer >= 1, got {request.num_images!r}")
-    if not _is_int(request.feature_cache) or not 0 <= request.feature_cache <= MAX_STEPS:
-        raise _fail(
-            f"feature_cache must be an integer in [0, {MAX_STEPS}] (0: off; K: the whole UNet every "
-            f"K-th plain step), got {request.feature_cache!r}"
-        )
+    for key, steps in (("feature_cache", "plain"), ("feature_cache_grounded", "grounded")):
+        value = getattr(request, key)
+        if not _is_int(value) or not 0 <= value <= MAX_STEPS:
+            raise _fail(
+                f"{key} must be an integer in [0, {MAX_STEPS}] (0: off; K: the whole UNet every "
+                f"K-th {steps} step), got {value!r}"
+            )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,7 +449,7 @@ def _parse(d: Mapping[str, Any], base_dir: str | None) -> GenerationRequest:
     for key in ("condition", "inpaint_image", "style_image"):
         if key in d:
             kw[key] = _resolve(_as_str(d[key], key), base_dir)
-    for key in ("seed", "steps", "num_images", "feature_cache"):
+    for key in ("seed", "steps", "num_images", "feature_cache", "feature_cache_grounded"):
         if key in d:
             kw[key] = _as_int(d[key], key)
     for key in ("height", "width"):
@@ -517,6 +525,7 @@ def request_to_json(request: GenerationRequest) -> dict[str, Any]:
         if getattr(request, key) is not None:
             out[key] = getattr(request, key)
     out["num_images"] = request.num_images
-    if request.feature_cache:
-        out["feature_cache"] = request.feature_cache
+    for key in ("feature_cache", "feature_cache_grounded"):
+        if getattr(request, key):
+            out[key] = getattr(request, key)
     return out

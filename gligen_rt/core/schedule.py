@@ -26,6 +26,7 @@ from gligen_rt.core.errors import RequestError
 ENGINE_GROUNDED = "unet"  # UNet with fusers; the gate multiplies every fuser's residual
 ENGINE_PLAIN = "unet_plain"  # SD without fusers (what gate 0 computes, cheaper)
 ENGINE_SHALLOW = "unet_shallow"  # the feature cache's reuse steps: first and last UNet levels only
+ENGINE_SHALLOW_GROUNDED = "unet_shallow_grounded"  # the same on grounded steps, with their fusers
 
 _SUM_TOLERANCE = 1e-6
 
@@ -114,7 +115,8 @@ class PlanStep:
     gate: multiplies every fuser's residual (the original's per-step ``scale``), in [0, 1].
     engine: ``"unet"`` (grounded, uses ``gate``), ``"unet_plain"`` (gate is 0) or, with the feature
         cache, ``"unet_shallow"`` (gate is 0; reuses the ``deep`` output of the last plain step that
-        ran a whole UNet).
+        ran a whole UNet) or ``"unet_shallow_grounded"`` (uses ``gate``; reuses the ``deep`` of the
+        last grounded step that ran the whole ``"unet"``).
     """
 
     index: int
@@ -128,19 +130,22 @@ def make_plan(
     gates: Sequence[float],
     plain_available: bool,
     feature_cache: int = 0,
+    feature_cache_grounded: int = 0,
 ) -> tuple[PlanStep, ...]:
     """Join timesteps and gates into the per-step plan.
 
     Steps with gate 0 run ``"unet_plain"`` when that engine exists, else ``"unet"`` with gate 0.
     With ``feature_cache`` K >= 2, of the gate-0 steps the 1st, (K+1)-th, (2K+1)-th ... run so (and
-    give ``deep``), the others ``"unet_shallow"`` (DeepCache's uniform interval; the grounded steps
-    always run whole).
+    give ``deep``), the others ``"unet_shallow"`` (DeepCache's uniform interval). With
+    ``feature_cache_grounded`` K >= 2 the grounded steps do the same with ``"unet"`` and
+    ``"unet_shallow_grounded"``. Each run of one phase counts from its first step, which runs whole.
 
     Args:
         timesteps: (S,) the scheduler's timesteps, in loop order (descending).
         gates: S gates in [0, 1] (``alpha_generator`` / ``beta_gates``).
         plain_available: whether a plain-SD UNet engine was built.
-        feature_cache: the interval K (0 or 1: off).
+        feature_cache: the interval K on the plain steps (0 or 1: off).
+        feature_cache_grounded: the interval K on the grounded steps (0 or 1: off).
 
     Returns:
         S ``PlanStep`` in loop order.
@@ -150,16 +155,19 @@ def make_plan(
         raise ValueError(f"timesteps {ts.shape} and gates ({len(gates)},) must be 1-D of equal length")
     integral = np.issubdtype(ts.dtype, np.integer)
     plan = []
-    plain_steps = 0
+    run = 0  # steps since the phase (grounded / plain) last changed: a shallow step reuses `deep`
+    # of a whole step of its own phase, so each run of one phase starts whole
     for i, (t, g) in enumerate(zip(ts.tolist(), gates)):
         gate = float(g)
         if not (0.0 <= gate <= 1.0) or math.isnan(gate):
             raise ValueError(f"gate {g!r} at step {i} is outside [0, 1]")
+        if i and (gate == 0.0) != (plan[-1].gate == 0.0):
+            run = 0
         engine = ENGINE_PLAIN if gate == 0.0 and plain_available else ENGINE_GROUNDED
-        if gate == 0.0:
-            if feature_cache >= 2 and plain_steps % feature_cache != 0:
-                engine = ENGINE_SHALLOW
-            plain_steps += 1
+        k = feature_cache if gate == 0.0 else feature_cache_grounded
+        if k >= 2 and run % k != 0:
+            engine = ENGINE_SHALLOW if gate == 0.0 else ENGINE_SHALLOW_GROUNDED
+        run += 1
         plan.append(PlanStep(index=i, timestep=int(t) if integral else float(t), gate=gate, engine=engine))
     return tuple(plan)
 

@@ -53,6 +53,7 @@ struct Engine {
 // runtime/backend_openvino.py PER_SHAPE
 bool per_shape_engine(const std::string& name) {
   return name == "grounding" || name == "unet" || name == "unet_plain" || name == "unet_shallow" ||
+         name == "unet_shallow_grounded" ||
          name == "vae_decoder" || name == "vae_encoder";
 }
 

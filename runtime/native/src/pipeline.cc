@@ -149,13 +149,18 @@ std::pair<int, int> check_request(const ModelConfig& cfg, const std::map<std::st
   const int unet_batch = r.guidance != 1.0 ? 2 * n : n;
   const std::map<std::string, int> batches = {{kTextEncoder, 2 + n_phr}, {kImageEncoder, n_img}, {kGrounding, 2 * n},
                                               {kUnet, unet_batch},       {kUnetPlain, unet_batch}, {kVaeDecoder, n},
-                                              {kVaeEncoder, 1},          {kUnetShallow, unet_batch}};
+                                              {kVaeEncoder, 1},          {kUnetShallow, unet_batch},
+                                              {kUnetShallowGrounded, unet_batch}};
   for (const auto& [name, spec] : specs)
     if (batches.at(name) > 0) concrete_shapes(spec, batches.at(name), H, W);
   if (r.feature_cache >= 2 && !specs.count(kUnetShallow))
     throw RequestError("feature_cache " + std::to_string(r.feature_cache) +
                        " needs engines exported with `gligen-rt export --feature-cache` (this folder has no "
                        "unet_shallow): re-export, or drop it");
+  if (r.feature_cache_grounded >= 2 && !specs.count(kUnetShallowGrounded))
+    throw RequestError("feature_cache_grounded " + std::to_string(r.feature_cache_grounded) +
+                       " needs engines exported with `gligen-rt export --feature-cache` by this version (this "
+                       "folder has no unet_shallow_grounded): re-export, or drop it");
   return {H, W};
 }
 
@@ -239,7 +244,8 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
   auto scheduler = make_scheduler(r.sampler, static_cast<int>(r.steps));
   const auto gates = request_gates(r.beta, r.alpha_type, cfg.modality, cfg.inpaint,
                                    static_cast<int>(scheduler->timesteps().size()));
-  const auto plan = make_plan(scheduler->timesteps(), gates, backend_->has(kUnetPlain), r.feature_cache);
+  const auto plan = make_plan(scheduler->timesteps(), gates, backend_->has(kUnetPlain), r.feature_cache,
+                              r.feature_cache_grounded);
   if (cfg.inpaint) {
     Shape s = latent_shape;
     s.insert(s.begin(), static_cast<int64_t>(plan.size()));
@@ -266,7 +272,8 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
 
   const float sigma0 = static_cast<float>(scheduler->init_noise_sigma());
   for (float& v : x.data) v = v * sigma0;
-  auto unet_time = [&] { return run.engine_time(kUnet) + run.engine_time(kUnetPlain) + run.engine_time(kUnetShallow); };
+  auto unet_time = [&] { return run.engine_time(kUnet) + run.engine_time(kUnetPlain) + run.engine_time(kUnetShallow) +
+                           run.engine_time(kUnetShallowGrounded); };
   const double unet_before = unet_time();
   std::optional<Tensor> deep;  // the feature cache: `deep` of the last whole-UNet call
   tic = now();

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <sstream>
+#include <tuple>
 
 #include "error.h"
 
@@ -183,7 +184,7 @@ bool GroundedObject::has_phrase() const {
 GenerationRequest request_from_json(const json& d, const std::string& base_dir) {
   check_keys(d, {"prompt", "negative_prompt", "objects", "persons", "condition", "inpaint_image", "style_image",
                  "seed", "steps", "guidance", "sampler", "beta", "alpha_type", "height", "width", "num_images",
-                 "feature_cache"},
+                 "feature_cache", "feature_cache_grounded"},
              "the request");
   if (!d.contains("prompt")) throw RequestError("the request has no 'prompt': add \"prompt\": \"...\" (it may be empty)");
   GenerationRequest r;
@@ -210,6 +211,8 @@ GenerationRequest request_from_json(const json& d, const std::string& base_dir) 
   if (d.contains("steps")) r.steps = as_int(d["steps"], "steps");
   if (d.contains("num_images")) r.num_images = as_int(d["num_images"], "num_images");
   if (d.contains("feature_cache")) r.feature_cache = as_int(d["feature_cache"], "feature_cache");
+  if (d.contains("feature_cache_grounded"))
+    r.feature_cache_grounded = as_int(d["feature_cache_grounded"], "feature_cache_grounded");
   if (d.contains("height") && !d["height"].is_null()) r.height = as_int(d["height"], "height");
   if (d.contains("width") && !d["width"].is_null()) r.width = as_int(d["width"], "width");
   if (d.contains("guidance")) r.guidance = as_num(d["guidance"], "guidance");
@@ -344,9 +347,11 @@ void validate(const GenerationRequest& r, Modality modality, bool inpaint, int m
   check_size(r.height, "height", multiple, max_size);
   check_size(r.width, "width", multiple, max_size);
   if (r.num_images < 1) throw RequestError("num_images must be an integer >= 1, got " + std::to_string(r.num_images));
-  if (r.feature_cache < 0 || r.feature_cache > kMaxSteps)
-    throw RequestError("feature_cache must be an integer in [0, " + std::to_string(kMaxSteps) +
-                       "] (0: off; K: the whole UNet every K-th plain step), got " + std::to_string(r.feature_cache));
+  for (const auto& [key, value, steps] : {std::tuple{"feature_cache", r.feature_cache, "plain"},
+                                          std::tuple{"feature_cache_grounded", r.feature_cache_grounded, "grounded"}})
+    if (value < 0 || value > kMaxSteps)
+      throw RequestError(std::string(key) + " must be an integer in [0, " + std::to_string(kMaxSteps) +
+                         "] (0: off; K: the whole UNet every K-th " + steps + " step), got " + std::to_string(value));
 }
 
 }  // namespace gligen

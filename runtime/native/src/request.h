@@ -42,6 +42,7 @@ struct GenerationRequest {
   std::optional<int64_t> height, width;
   int64_t num_images = 1;
   int64_t feature_cache = 0;  // K >= 2: the whole UNet every K-th plain step, unet_shallow between
+  int64_t feature_cache_grounded = 0;  // the same on grounded steps, unet_shallow_grounded between
 };
 
 // Parse (relative file paths resolve against base_dir when it is not empty); not yet validated.

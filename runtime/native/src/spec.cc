@@ -16,6 +16,7 @@ const char* const kGrounding = "grounding";
 const char* const kUnet = "unet";
 const char* const kUnetPlain = "unet_plain";
 const char* const kUnetShallow = "unet_shallow";
+const char* const kUnetShallowGrounded = "unet_shallow_grounded";
 const char* const kVaeDecoder = "vae_decoder";
 const char* const kVaeEncoder = "vae_encoder";
 
@@ -133,8 +134,13 @@ std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const Sha
   const TensorSpec deep = t("deep", {B, config.deep_channels, HL, WL});
   std::vector<TensorSpec> unet_out = eps;
   if (feature_cache) unet_out.push_back(deep);
-  std::vector<TensorSpec> unet_in = {sample, timestep, context, t("tokens", {B, config.num_tokens(), d}), t("gate", {1})};
-  if (k) unet_in.push_back(t("extra", {B, k, HL, WL}));
+  const TensorSpec tokens = t("tokens", {B, config.num_tokens(), d}), gate = t("gate", {1});
+  std::vector<TensorSpec> unet_in = {sample, timestep, context, tokens, gate};
+  std::vector<TensorSpec> shallow_grounded_in = {sample, timestep, context, tokens, gate, deep};
+  if (k) {
+    unet_in.push_back(t("extra", {B, k, HL, WL}));
+    shallow_grounded_in.push_back(t("extra", {B, k, HL, WL}));
+  }
   specs[kUnet] = EngineSpec{kUnet, unet_in, unet_out, with_batch(cfg_batch, true)};
   std::vector<TensorSpec> plain_in = {sample, timestep, context};
   std::vector<TensorSpec> shallow_in = {sample, timestep, context, deep};
@@ -143,7 +149,10 @@ std::map<std::string, EngineSpec> specs_for(const ModelConfig& config, const Sha
     shallow_in.push_back(t("extra", {B, k, HL, WL}));
   }
   specs[kUnetPlain] = EngineSpec{kUnetPlain, plain_in, unet_out, with_batch(cfg_batch, true)};
-  if (feature_cache) specs[kUnetShallow] = EngineSpec{kUnetShallow, shallow_in, eps, with_batch(cfg_batch, true)};
+  if (feature_cache) {
+    specs[kUnetShallow] = EngineSpec{kUnetShallow, shallow_in, eps, with_batch(cfg_batch, true)};
+    specs[kUnetShallowGrounded] = EngineSpec{kUnetShallowGrounded, shallow_grounded_in, eps, with_batch(cfg_batch, true)};
+  }
   specs[kVaeDecoder] = EngineSpec{kVaeDecoder, {t("latents", {B, c, HL, WL})}, {t("images", {B, 3, H, W})},
                                   with_batch(env.batch, true)};
   if (config.inpaint)

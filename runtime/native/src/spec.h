@@ -53,6 +53,7 @@ extern const char* const kGrounding;
 extern const char* const kUnet;
 extern const char* const kUnetPlain;
 extern const char* const kUnetShallow;
+extern const char* const kUnetShallowGrounded;
 extern const char* const kVaeDecoder;
 extern const char* const kVaeEncoder;
 

@@ -29,7 +29,7 @@ from gligen_rt.core.config import preset, to_dict
 from gligen_rt.core.errors import RequestError
 from gligen_rt.core.modality import Modality
 from gligen_rt.core.request import request_from_json, validate
-from gligen_rt.core.schedule import request_gates
+from gligen_rt.core.schedule import make_plan, request_gates
 from gligen_rt.core.schedulers import make_scheduler
 from gligen_rt.engines.spec import ShapeEnvelope, fingerprint, specs_for
 
@@ -90,6 +90,20 @@ def main() -> int:
             )
         )
         checks.append(f"gates {g}")
+
+    # the per-step plan: engines of each step, both feature caches, phases that come back
+    for gates, plain, fc, fcg in [
+        ([1.0] * 3 + [0.0] * 7, True, 3, 0),
+        ([1.0] * 5 + [0.0] * 5, True, 2, 2),
+        ([1.0, 0.5, 0.2, 0.0, 0.0, 0.0], False, 2, 3),
+        ([1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0], True, 2, 2),
+    ]:
+        timesteps = [float(990 - 50 * i) for i in range(len(gates))]
+        cmds.append(
+            {"cmd": "plan", "timesteps": timesteps, "gates": gates, "plain": plain, "fc": fc, "fcg": fcg}
+        )
+        expect.append([s.engine for s in make_plan(timesteps, gates, plain, fc, fcg)])
+        checks.append(f"plan gates {gates} plain {plain} feature_cache {fc} grounded {fcg}")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -184,6 +198,8 @@ def main() -> int:
             ({"prompt": "x", "feature_cache": 3}, "text-box", False),
             ({"prompt": "x", "feature_cache": -1}, "text-box", False),
             ({"prompt": "x", "feature_cache": 1.5}, "text-box", False),
+            ({"prompt": "x", "feature_cache_grounded": 2}, "text-box", False),
+            ({"prompt": "x", "feature_cache_grounded": -2}, "text-box", False),
             ({"prompt": "x", "guidance": -1}, "text-box", False),
             ({"prompt": "x", "height": 100}, "text-box", False),
             ({"prompt": "x", "height": 256, "width": 192}, "text-box", False),

@@ -110,8 +110,8 @@ def make_request(case: str, work: Path, rng: np.random.Generator) -> dict:
         req["condition"] = _png(work / "labels.png", labels)
     else:
         req["condition"] = _png(work / "cond.png", rng.integers(0, 256, (70, 100, 3), dtype=np.uint8))
-    if case in FEATURE_CACHE_CASES:  # 1 grounded step, then plain: whole, shallow, whole
-        req.update(alpha_type=[0.25, 0.0, 0.75], feature_cache=2)
+    if case in FEATURE_CACHE_CASES:  # 3 grounded steps, then 3 plain: each whole, shallow, whole
+        req.update(steps=6, alpha_type=[0.5, 0.0, 0.5], feature_cache=2, feature_cache_grounded=2)
     if case.startswith("inpaint-"):
         req["inpaint_image"] = _png(work / "room.png", rng.integers(0, 256, (110, 150, 3), dtype=np.uint8))
     return req

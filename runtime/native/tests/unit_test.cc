@@ -59,6 +59,14 @@ json gates(const json& in) {
                        in.at("steps").get<int>());
 }
 
+json plan(const json& in) {
+  json engines = json::array();
+  for (const auto& step : make_plan(in.at("timesteps").get<std::vector<double>>(), in.at("gates").get<std::vector<double>>(),
+                                    in.at("plain").get<bool>(), in.at("fc").get<int64_t>(), in.at("fcg").get<int64_t>()))
+    engines.push_back(step.engine);
+  return engines;
+}
+
 json image(const json& in) {
   const std::string op = in.at("op"), path = in.value("path", "");
   if (op == "clip") return tensor_json(clip_image_input(path, in.at("size").get<int>()));
@@ -147,6 +155,7 @@ int main() {
       const std::string what = cmd.at("cmd");
       if (what == "sched") out.push_back(sched(cmd));
       else if (what == "gates") out.push_back(gates(cmd));
+      else if (what == "plan") out.push_back(plan(cmd));
       else if (what == "image") out.push_back(image(cmd));
       else if (what == "specs") out.push_back(specs(cmd));
       else if (what == "request") out.push_back(request(cmd));
