@@ -81,7 +81,7 @@ class GenerationRequest:
     (engines exported with --feature-cache). 0 or 1: every step runs the whole UNet (the default).
     feature_cache_grounded: the same on the grounded (gate > 0) steps: every K-th runs the whole
     grounded UNet, the K - 1 after it ``unet_shallow_grounded`` (its first and last levels, their
-    fusers included). Off (0) by default: it trades grounding accuracy for speed (measured in
+    fusers included). Off (0) by default, as it touches the grounding (its accuracy is measured in
     benchmarks/results/feature_cache/README.md).
     """
 
