@@ -48,6 +48,19 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def _count_engine_calls(pipe: GligenPipeline) -> Counter[str]:
+    """Counts, from now on, the pipeline's engine calls by engine name."""
+    calls: Counter[str] = Counter()
+    run = pipe.backend.run
+
+    def counting(engine: str, inputs):  # noqa: ANN001, ANN202
+        calls[engine] += 1
+        return run(engine, inputs)
+
+    pipe.backend.run = counting  # type: ignore[method-assign]
+    return calls
+
+
 @pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
 def test_runtime_with_the_cache_equals_the_reference_with_it(
     case: tuple[Path, bool], backend: str, images: dict[str, str]
@@ -59,14 +72,7 @@ def test_runtime_with_the_cache_equals_the_reference_with_it(
     want_cached, want_whole = ref(cached).latents, ref(req).latents
     assert _relative(want_cached, want_whole) > 4 * TOL, "the cache changed nothing in the reference"
     with GligenPipeline.from_engines(folder, backend, threads=2) as pipe:
-        calls: Counter[str] = Counter()
-        run = pipe.backend.run
-
-        def counting(engine: str, inputs):  # noqa: ANN001, ANN202
-            calls[engine] += 1
-            return run(engine, inputs)
-
-        pipe.backend.run = counting  # type: ignore[method-assign]
+        calls = _count_engine_calls(pipe)
         got_cached = pipe(cached).latents
         shallow, whole = calls["unet_shallow"], calls["unet"] + calls["unet_plain"]
         calls.clear()
@@ -94,14 +100,7 @@ def test_the_grounded_cache_equals_the_reference_with_it(
     want, want_plain_only = ref(both).latents, ref(plain_only).latents
     assert _relative(want, want_plain_only) > 4 * TOL, "the grounded cache changed nothing in the reference"
     with GligenPipeline.from_engines(folder, backend, threads=2) as pipe:
-        calls: Counter[str] = Counter()
-        run = pipe.backend.run
-
-        def counting(engine: str, inputs):  # noqa: ANN001, ANN202
-            calls[engine] += 1
-            return run(engine, inputs)
-
-        pipe.backend.run = counting  # type: ignore[method-assign]
+        calls = _count_engine_calls(pipe)
         got = pipe(both).latents
     # PLMS: the first step calls the UNet twice; grounded 0 (x2), 2 whole, 1, 3 shallow; plain
     # steps 4, 7 whole, 5, 6 shallow
