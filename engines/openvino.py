@@ -139,12 +139,20 @@ def compile_model(
         return core.compile_model(str(model_path), device, config)
 
 
-def onnx_blob_cache() -> Path | None:
-    """The folder of compiled blobs for graphs compiled from an exported folder's ONNX (no build):
-    $GLIGEN_RT_OPENVINO_CACHE, or None (no cache) when it is unset or empty. Off by default, since a
-    blob is about as large as the graph's weights; a build always caches in DIR/<build>/cache."""
+def onnx_blob_cache(precision_hint: str) -> Path | None:
+    """The folder of compiled blobs for graphs compiled from an exported folder's ONNX (no build)
+    with ``precision_hint``: $GLIGEN_RT_OPENVINO_CACHE/<hint>, or None (no cache) when it is unset or
+    empty. Off by default, since a blob is about as large as the graph's weights; a build always
+    caches in DIR/<build>/cache (one build, one hint per graph).
+
+    One folder per hint, because OpenVINO (2026.4) keys a blob on the graph and not on
+    INFERENCE_PRECISION_HINT: in one shared folder, the same graph compiled ``bf16`` after ``f32``
+    imports the FP32 blob under BF16 settings, and on a CPU with AMX-BF16 and AVX512-FP16 its
+    outputs are NaN (measured on the text encoder)."""
+    if precision_hint not in PRECISION_HINTS:
+        raise ValueError(f"precision hint {precision_hint!r} is not one of {PRECISION_HINTS}")
     value = os.environ.get(ONNX_CACHE_ENV, "").strip()
-    return Path(value) if value else None
+    return Path(value) / precision_hint if value else None
 
 
 def weight_files(model_path: str | os.PathLike[str]) -> list[Path]:

@@ -9,8 +9,8 @@ is compiled at its shape. A dynamic build's request-size engines (grounding, UNe
 compiled static at the shape of their first call (reshaped from the IR; the blob is cached per
 shape) and recompiled when a request of another size or batch comes: one compiled model per
 engine at a time. Without a build, ``openvino`` and ``openvino-bf16`` compile the exported ONNX as
-it is (dynamic shapes), with compiled blobs in $GLIGEN_RT_OPENVINO_CACHE when it is set (keyed on
-the graph's content and the properties; no cache otherwise); ``openvino-int8`` and
+it is (dynamic shapes), with compiled blobs in $GLIGEN_RT_OPENVINO_CACHE/<precision hint> when it is
+set (keyed on the graph's content; no cache otherwise); ``openvino-int8`` and
 ``openvino-int8a`` need their build.
 
 An InferRequest is not thread-safe, so each compiled model keeps a pool: a call takes a free
@@ -144,7 +144,13 @@ class OpenVinoBackend(Backend):
                     f"run `gligen-rt build --onnx {folder.path} --backend {self.name}`"
                 )
             else:
-                engine = _Engine(name, folder.read_onnx(name), self.precision_hint, onnx_blob_cache(), False)
+                engine = _Engine(
+                    name,
+                    folder.read_onnx(name),
+                    self.precision_hint,
+                    onnx_blob_cache(self.precision_hint),
+                    False,
+                )
             self.specs[name] = spec
             self._engines[name] = engine
             if not engine.per_shape:  # per-shape engines compile at their first call

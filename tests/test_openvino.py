@@ -133,7 +133,7 @@ def test_unbuilt_folder_caches_compiled_blobs_only_when_asked(
 
     monkeypatch.setenv(ONNX_CACHE_ENV, str(blobs))
     first, cached = image_and_cached(folder)
-    assert not any(cached.values()) and len(list(blobs.iterdir())) >= len(cached)
+    assert not any(cached.values()) and len(list(blobs.rglob("*.blob"))) >= len(cached)
     again, cached = image_and_cached(folder)
     assert all(cached.values()), cached
     assert np.array_equal(first, plain) and np.array_equal(again, plain)
@@ -143,6 +143,34 @@ def test_unbuilt_folder_caches_compiled_blobs_only_when_asked(
     shutil.copytree(other, folder, ignore=ignore)
     _, cached = image_and_cached(folder)
     assert not cached["unet"] and not cached["unet_plain"]
+
+
+def test_blob_cache_keeps_fp32_and_bf16_apart(
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    images: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One $GLIGEN_RT_OPENVINO_CACHE for both precisions: OpenVINO keys a blob on the graph only, so
+    in one shared folder ``openvino-bf16`` after ``openvino`` imported the FP32 blobs (NaN on a CPU
+    with AMX-BF16 and AVX512-FP16). Each hint has its own subfolder: the BF16 image is the one an
+    uncached BF16 load gives, the FP32 one the uncached FP32 image."""
+    from gligen_rt.engines.openvino import ONNX_CACHE_ENV
+
+    folder = engine_folder(tmp_path_factory, "text-box", False, plain=True)
+    request = request_for("text-box", False, images)
+
+    def image(backend: str) -> np.ndarray:
+        with GligenPipeline.from_engines(folder, backend, threads=2) as p:
+            return p(request).images
+
+    monkeypatch.delenv(ONNX_CACHE_ENV, raising=False)
+    uncached = {b: image(b) for b in ("openvino", "openvino-bf16")}
+    monkeypatch.setenv(ONNX_CACHE_ENV, str(tmp_path / "blobs"))
+    for _ in range(2):  # the first pass writes the blobs, the second reads them
+        for backend in ("openvino", "openvino-bf16"):
+            assert np.array_equal(image(backend), uncached[backend]), backend
+    assert sorted(p.name for p in (tmp_path / "blobs").iterdir()) == ["bf16", "f32"]
 
 
 def test_every_attention_is_fused(folder: Path) -> None:

@@ -156,7 +156,11 @@ class OpenVinoBackend : public Backend {
           e->compiled = core_.compile_model(graph, "CPU", config);
         } else {  // read first, so that the blob is keyed on the graph's content, not its file name
           MappedPagesDropped dropped({graph, graph + ".data"});
-          config[ov::cache_dir.name()] = cache_dir_;
+          // One folder per hint: OpenVINO keys a blob on the graph, not on the inference precision
+          // (engines/openvino.py onnx_blob_cache says what a shared folder does).
+          const std::string blobs = cache_dir_ + "/" + hint;
+          std::filesystem::create_directories(blobs);
+          config[ov::cache_dir.name()] = blobs;
           e->compiled = core_.compile_model(core_.read_model(graph), "CPU", config);
         }
       } catch (const std::exception& ex) {
