@@ -96,6 +96,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="with --feature-cache: each of our configurations runs once more with the grounded steps "
         "cached too (the whole grounded UNet every K-th grounded step, unet_shallow_grounded between)",
     )
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="with --feature-cache: leave out our configurations without the cache (they need a "
+        "second engine folder, exported and built without it)",
+    )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(
         "--eager-precisions",
@@ -159,6 +165,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(md)
             print(png)
         return 0
+    if args.cached_only and args.feature_cache < 2:
+        print("error: --cached-only needs --feature-cache K (K >= 2)", file=sys.stderr)
+        return 2
     device = _device(args.device)
     try:
         scenario = Scenario(
@@ -194,6 +203,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         precisions=precisions,
         eager=not args.no_eager,
         eager_precisions=args.eager_precisions,
+        cached_only=args.cached_only,
         reference=not args.no_reference,
         out_dir=args.out_dir,
         engine_dir=args.engine_dir if args.engine_dir is not None else default_engine_dir(),

@@ -39,6 +39,7 @@ class Options:
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     eager: bool = True
     eager_precisions: list[str] | None = None  # default: every one the device has
+    cached_only: bool = False  # with a feature cache: none of our configurations without it
     reference: bool = True
     out_dir: Path = Path("benchmarks/results")
     engine_dir: Path = Path(".cache/bench-engines")
@@ -125,6 +126,7 @@ def run_benchmark(scenario: Scenario, options: Options) -> dict[str, Any]:
         reference=options.reference,
         cpu_bf16=cpu_has_bf16(),
         eager_precisions=options.eager_precisions,
+        cached_only=options.cached_only,
     )
     started = datetime.datetime.now(datetime.timezone.utc)
     log.info("scenario %s: %s", scenario.key, ", ".join(c.label for c in configs))

@@ -153,11 +153,14 @@ def plan_configs(
     reference: bool = True,
     cpu_bf16: bool = True,
     eager_precisions: list[str] | None = None,
+    cached_only: bool = False,
 ) -> tuple[list[Config], list[dict[str, str]]]:
     """The configurations to run, and the combinations left out with the reason.
 
     ``cpu_bf16``: whether the CPU has BF16 arithmetic (eager BF16 and OpenVINO's bf16 hint need it).
     ``eager_precisions``: a subset of ``EAGER_PRECISIONS[device]`` (default: all of them).
+    ``cached_only``: with a feature cache, leave out our configurations without it (they run on a
+    second engine folder, exported and built without the cache).
     """
     configs: list[Config] = []
     skipped: list[dict[str, str]] = []
@@ -177,7 +180,10 @@ def plan_configs(
             elif precision in ("bf16", "int8", "int8a") and scenario.device == "cpu" and not cpu_bf16:
                 skipped.append({"label": label, "reason": "this CPU has no BF16 arithmetic"})
             else:
-                configs.append(Config("ours", backend, precision))
+                if cached_only and scenario.feature_cache >= 2:
+                    skipped.append({"label": label, "reason": "left out by --cached-only"})
+                else:
+                    configs.append(Config("ours", backend, precision))
                 if scenario.feature_cache >= 2:  # the same engines with and without the cache, one run
                     configs.append(Config("ours", backend, precision, scenario.feature_cache))
                 if scenario.feature_cache_grounded >= 2:  # and with the grounded steps cached too

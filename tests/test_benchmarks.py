@@ -277,6 +277,14 @@ def test_plan_configs_filters_and_explains() -> None:
     ]
     assert cached.key.endswith("-fc3-fcg2")
     assert Config.from_dict(configs[2].to_dict()) == configs[2]
+    configs, skipped = plan_configs(
+        cached, ["openvino"], ["fp32"], eager=False, reference=False, cached_only=True
+    )
+    assert [c.label for c in configs] == [
+        "ours openvino fp32 feature-cache 3",
+        "ours openvino fp32 feature-cache 3 grounded 2",
+    ]
+    assert skipped == [{"label": "ours openvino fp32", "reason": "left out by --cached-only"}]
 
 
 def test_stats_timer_and_psnr() -> None:

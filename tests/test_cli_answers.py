@@ -89,6 +89,12 @@ def test_model_and_engines_contradict(engine_folder, capsys) -> None:
     assert_one_line_error(code, err, "--model", "--engines")
 
 
+def test_bench_cached_only_needs_a_feature_cache(tmp_path, capsys) -> None:
+    code, _, err = run_cli(["bench", "--cached-only", "--out-dir", str(tmp_path / "o")], capsys)
+    assert_one_line_error(code, err, "--cached-only", "--feature-cache")
+    assert not (tmp_path / "o").exists()
+
+
 def test_engines_and_modality_contradict(engine_folder, capsys) -> None:
     args = ["generate", "--engines", str(engine_folder), "--modality", "keypoint", "--prompt", "x"]
     code, _, err = run_cli(args, capsys)
