@@ -308,7 +308,7 @@ def test_stats_timer_and_psnr() -> None:
 
 def test_peak_is_the_best_library_of_the_precision() -> None:
     """Shares are taken against the best matmul any library reached in the run (torch or OpenVINO);
-    INT8-weight configurations compute in BF16."""
+    INT8-weight configurations compute in BF16; INT8 activations meet the better of INT8 and BF16."""
     from gligen_rt.benchmarks.report import peak_for
 
     record = {
@@ -318,6 +318,11 @@ def test_peak_is_the_best_library_of_the_precision() -> None:
     assert peak_for(record, {"precision": "bf16"}) == ("bf16", 329.0)
     assert peak_for(record, {"precision": "int8"}) == ("bf16", 329.0)
     assert peak_for(record, {"precision": "fp32"}) == ("fp32", 90.0)
+    # INT8 activations: the INT8 peak, unless the run's BF16 matmul reached more (then that one)
+    record["machine"]["matmul_gflops"]["int8-openvino"] = 700.0
+    assert peak_for(record, {"precision": "int8a"}) == ("int8", 700.0)
+    record["machine"]["matmul_gflops"]["bf16"] = 2810.0
+    assert peak_for(record, {"precision": "int8a"}) == ("bf16", 2810.0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
