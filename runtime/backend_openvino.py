@@ -3,7 +3,8 @@ INT8 activations in the UNets (``openvino-int8a``).
 
 With a build (``gligen-rt build --backend B`` wrote DIR/B/) each engine is compiled from its IR
 (read model released after compiling; the pages of the memory-mapped .bin / cache blob dropped
-while and after compiling, engines/openvino.py: no second copy of the weights resident) with
+while and after compiling, and during and after the first inference, which is when the CPU plugin
+copies some weights, e.g. a text encoder's: no second copy of the weights resident) with
 compiled blobs in DIR/B/cache (OpenVINO's CACHE_DIR: later loads skip compilation). A static build
 is compiled at its shape. A dynamic build's request-size engines (grounding, UNets, VAE) are
 compiled static at the shape of their first call (reshaped from the IR; the blob is cached per
@@ -29,7 +30,15 @@ import numpy as np
 
 from gligen_rt.core.errors import EngineError
 from gligen_rt.engines.manifest import installed_versions, verify
-from gligen_rt.engines.openvino import BUILDS, check_weights, compile_model, import_openvino, onnx_blob_cache
+from gligen_rt.engines.openvino import (
+    BUILDS,
+    check_weights,
+    compile_model,
+    import_openvino,
+    mapped_pages_dropped,
+    onnx_blob_cache,
+    weight_files,
+)
 from gligen_rt.engines.spec import (
     GROUNDING,
     UNET,
@@ -57,18 +66,32 @@ class _RequestPool:
     may give a port another primary name, e.g. after fusing a boundary Cast).
     """
 
-    def __init__(self, compiled: Any, output_names: Sequence[str]) -> None:
+    def __init__(
+        self,
+        compiled: Any,
+        output_names: Sequence[str],
+        mapped: tuple[Sequence[Path], Sequence[Path]] = ((), ()),
+    ) -> None:
         self.compiled = compiled
         ports = {n: p for p in compiled.outputs for n in p.get_names()}
         self.outputs = {n: ports[n] for n in output_names}
         self._free: list[Any] = []
         self._lock = threading.Lock()
+        # (files, folders) whose mapped pages the first inference faults in: the CPU plugin copies
+        # some weights into its own buffers only then (a text encoder's, converted to BF16), and
+        # the pages it read them from would stay resident beside that copy.
+        self._mapped: tuple[Sequence[Path], Sequence[Path]] | None = mapped
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         with self._lock:
             request = self._free.pop() if self._free else self.compiled.create_infer_request()
         try:
-            request.infer(inputs)
+            if self._mapped is not None:  # the first inference (two under a race: harmless)
+                mapped, self._mapped = self._mapped, None
+                with mapped_pages_dropped(*mapped):
+                    request.infer(inputs)
+            else:
+                request.infer(inputs)
             # The request's output tensors are reused by its next inference: copy them out.
             return {n: np.array(request.get_tensor(p).data, copy=True) for n, p in self.outputs.items()}
         finally:
@@ -119,7 +142,8 @@ class OpenVinoBackend(Backend):
         except RuntimeError as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise EngineError(f"OpenVINO cannot compile {e.path} ({msg}): rebuild or re-export it") from None
-        return _RequestPool(compiled, self.specs[e.name].output_names)
+        mapped = (weight_files(e.path), [e.cache_dir] if e.cache_dir is not None else [])
+        return _RequestPool(compiled, self.specs[e.name].output_names, mapped)
 
     def load(self, folder: EngineFolder, engines: Sequence[str]) -> None:
         versions = installed_versions("openvino")

@@ -437,3 +437,23 @@ def test_compiled_model_keeps_no_weight_pages_resident(folder: Path) -> None:
     assert _mapped_rss(out / "text_encoder.bin")[1] == 0
     ids = np.zeros((1, 77), np.int32)
     assert np.isfinite(compiled({"input_ids": ids})[compiled.outputs[0]]).all()
+
+
+@linux_only
+def test_first_inference_leaves_no_weight_pages_resident(folder: Path) -> None:
+    """The CPU plugin reads some weights only at an engine's first inference (a text encoder's token
+    table, weights it converts then): the backend drops those mapped pages after that inference,
+    and the engine's output stays the same when they fault back in."""
+    from gligen_rt.runtime.backend_openvino import OpenVinoBackend
+    from gligen_rt.runtime.folder import EngineFolder
+
+    out = folder / "openvino"
+    files = [out / "text_encoder.bin", *sorted((out / "cache").glob("*.blob"))]
+    ids = {"input_ids": np.arange(77, dtype=np.int32)[None] % 50}
+    with OpenVinoBackend("openvino") as backend:
+        backend.load(EngineFolder.open(folder), ["text_encoder"])
+        first = backend.run("text_encoder", ids)["last_hidden_state"]
+        resident = {f.name: _mapped_rss(f)[1] for f in files}
+        assert all(kb == 0 for kb in resident.values()), resident
+        assert any(_mapped_rss(f)[0] for f in files), "no weight file is mapped: nothing to check"
+        np.testing.assert_array_equal(backend.run("text_encoder", ids)["last_hidden_state"], first)

@@ -7,8 +7,8 @@
 // while openvino-int8 and openvino-int8a need their build. Compile properties are the Python
 // backend's (precision hint, latency hint, threads), so both runtimes run the same compiled kernels.
 // An InferRequest is not thread-safe: each engine keeps a pool of free requests. While a graph
-// compiles, this process's resident pages of its mapped weight file are dropped (pages.h), so its
-// weights are resident once, not twice.
+// compiles and while it first runs, this process's resident pages of its mapped weight file are
+// dropped (pages.h), so its weights are resident once, not twice.
 #include <cstdlib>
 #include <filesystem>
 #include <mutex>
@@ -48,6 +48,9 @@ struct Engine {
   ov::AnyMap config;
   std::string shapes;  // the shapes `compiled` was compiled for ("" before the first call)
   int generation = 0;  // bumped at each recompile: requests of an older one are not pooled again
+  // The weight files whose pages the first inference of `compiled` faults in (the CPU plugin copies
+  // some weights only then, e.g. a text encoder's): dropped during and after it; empty afterwards.
+  std::vector<std::string> fresh;
 };
 
 // runtime/backend_openvino.py PER_SHAPE
@@ -150,10 +153,12 @@ class OpenVinoBackend : public Backend {
           } else {
             MappedPagesDropped dropped({graph, ir->bin});
             e->compiled = core_.compile_model(graph, "CPU", config);
+            e->fresh = {graph, ir->bin};
           }
         } else if (cache_dir_.empty()) {
           MappedPagesDropped dropped({graph, graph + ".data"});
           e->compiled = core_.compile_model(graph, "CPU", config);
+          e->fresh = {graph, graph + ".data"};
         } else {  // read first, so that the blob is keyed on the graph's content, not its file name
           MappedPagesDropped dropped({graph, graph + ".data"});
           // One folder per hint: OpenVINO keys a blob on the graph, not on the inference precision
@@ -162,6 +167,7 @@ class OpenVinoBackend : public Backend {
           std::filesystem::create_directories(blobs);
           config[ov::cache_dir.name()] = blobs;
           e->compiled = core_.compile_model(core_.read_model(graph), "CPU", config);
+          e->fresh = {graph, graph + ".data"};
         }
       } catch (const std::exception& ex) {
         throw EngineError("OpenVINO cannot compile " + graph + " (" + first_line(ex.what()) + "): " +
@@ -208,10 +214,12 @@ class OpenVinoBackend : public Backend {
     Engine& e = *it->second;
     ov::InferRequest request;
     int generation = 0;
+    std::vector<std::string> fresh;
     {
       std::lock_guard<std::mutex> g(e.lock);
       if (!e.per_shape_xml.empty()) compile_for(e, inputs);
       generation = e.generation;
+      fresh.swap(e.fresh);
       if (e.free.empty()) {
         request = e.compiled.create_infer_request();
       } else {
@@ -227,7 +235,12 @@ class OpenVinoBackend : public Backend {
                              : ov::Tensor(ov::element::f32, shape, const_cast<float*>(f.f32));
         request.set_tensor(f.name, t);
       }
-      request.infer();
+      if (fresh.empty()) {
+        request.infer();
+      } else {  // the first inference of this compiled model
+        MappedPagesDropped dropped(std::move(fresh));
+        request.infer();
+      }
       for (const auto& n : specs.at(engine).output_names()) {
         ov::Tensor t = request.get_tensor(e.outputs.at(n));
         const ov::Shape os = t.get_shape();
@@ -272,6 +285,7 @@ class OpenVinoBackend : public Backend {
     for (const auto& p : e.compiled.outputs())
       for (const auto& n : p.get_names()) e.outputs.emplace(n, p);
     e.shapes = key;
+    e.fresh = {e.per_shape_xml, e.per_shape_bin};
   }
 
  public:
