@@ -22,11 +22,13 @@ stored, FP16 for bf16) and the compiled model keeps that mapping for its whole l
 CPU plugin copies the weights of its matrix and convolution kernels into its own buffers while
 compiling (converted to BF16, repacked) and never reads those pages again. Left alone, the mapped
 pages stay resident beside that copy: the SD-1.4 UNet held 2.1 GB of mapped FP16 blob beside 2.3 GB
-of BF16 weights (weights an engine reads in place, e.g. a text encoder's, fault back in at its
-first run and stay).
+of BF16 weights. Some weights are read or converted only at the first inference (a text encoder's
+token table; its FP16 matrices, converted to BF16 then).
 ``compile_model`` therefore drops this process's resident pages of those files while it compiles
-and once after (``drop_mapped_pages``, Linux ``madvise(MADV_DONTNEED)`` on read-only shared
-mappings: their content is the file's, so a page read again is faulted back in unchanged).
+and once after, and the runtime backend does the same during and after each compiled model's first
+inference (runtime/backend_openvino.py) (``drop_mapped_pages``, Linux ``madvise(MADV_DONTNEED)`` on
+read-only shared mappings: their content is the file's, so a page read again is faulted back in
+unchanged).
 
 Attention: OpenVINO's CPU plugin fuses each ``MatMul -> Softmax -> MatMul`` of our graphs (SD's
 self- and cross-attention and the fused gated self-attention, export/fuse.py) into one
