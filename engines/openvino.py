@@ -126,7 +126,7 @@ def compile_model(
     if cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
     config = compile_config(precision_hint, cache_dir, threads)
-    with mapped_pages_dropped(weight_files(model_path), [cache_dir] if cache_dir is not None else []):
+    with mapped_pages_dropped(*mapped_files(model_path, cache_dir)):
         # An ONNX graph with a cache is read first: OpenVINO then keys its blob on the model's
         # content, where a path would key it on the file's name (an exported folder replaced in
         # place keeps its names).
@@ -162,6 +162,14 @@ def weight_files(model_path: str | os.PathLike[str]) -> list[Path]:
     ONNX graph's external data)."""
     p = Path(model_path)
     return [p, weights_path(p), p.with_name(p.name + ".data")]
+
+
+def mapped_files(
+    model_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None
+) -> tuple[list[Path], list[Path]]:
+    """(files, folders) whose mapped pages a graph compiled with ``cache_dir`` may leave resident:
+    what ``compile_model`` and the runtime backend's first inference drop."""
+    return weight_files(model_path), [Path(cache_dir)] if cache_dir is not None else []
 
 
 def drop_mapped_pages(

@@ -35,9 +35,9 @@ from gligen_rt.engines.openvino import (
     check_weights,
     compile_model,
     import_openvino,
+    mapped_files,
     mapped_pages_dropped,
     onnx_blob_cache,
-    weight_files,
 )
 from gligen_rt.engines.spec import (
     GROUNDING,
@@ -142,8 +142,7 @@ class OpenVinoBackend(Backend):
         except RuntimeError as err:
             msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise EngineError(f"OpenVINO cannot compile {e.path} ({msg}): rebuild or re-export it") from None
-        mapped = (weight_files(e.path), [e.cache_dir] if e.cache_dir is not None else [])
-        return _RequestPool(compiled, self.specs[e.name].output_names, mapped)
+        return _RequestPool(compiled, self.specs[e.name].output_names, mapped_files(e.path, e.cache_dir))
 
     def load(self, folder: EngineFolder, engines: Sequence[str]) -> None:
         versions = installed_versions("openvino")
