@@ -102,6 +102,15 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="with --feature-cache: leave out our configurations without the cache (they need a "
         "second engine folder, exported and built without it)",
     )
+    p.add_argument(
+        "--token-downsample",
+        type=int,
+        default=1,
+        metavar="F",
+        help="our engines (and the plain SD control) exported with export --token-downsample F: the "
+        "first level's attentions take keys/values pooled FxF (2 or 4; 1 = off); eager PyTorch and "
+        "the reference stay whole",
+    )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(
         "--eager-precisions",
@@ -187,6 +196,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             gate_skip=args.gate_skip,
             feature_cache=args.feature_cache,
             feature_cache_grounded=args.feature_cache_grounded,
+            token_downsample=args.token_downsample,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

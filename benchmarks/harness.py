@@ -105,6 +105,7 @@ def engine_folder(root: Path, scenario: Scenario, config: Config) -> Path:
 
     skip = "-gateskip" if scenario.gate_skip else ""
     skip += "-featurecache" if config.feature_cache >= 2 or config.feature_cache_grounded >= 2 else ""
+    skip += f"-td{scenario.token_downsample}" if scenario.token_downsample > 1 else ""
     name = f"{scenario.model}-{scenario.modality}-seed{scenario.model_seed}-{engine_precision(config)}-{scenario.size}px{skip}"
     return root / name
 

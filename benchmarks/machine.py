@@ -127,7 +127,8 @@ def unet_flops(scenario: Scenario) -> dict[str, int]:
 
     Keys: ``unet_grounded``, ``unet_plain`` (our model's two engines), ``sd_unet`` (diffusers' plain
     SD UNet of the same size, the control of the plain-phase target), ``fusers`` = grounded - plain;
-    and ``params_in_use`` (not FLOPs: the parameter count of the parts a generation uses).
+    with the scenario's token downsampling, the same four counted with it as ``ours_<key>`` (what our
+    engines and the control compute); and ``params_in_use`` (not FLOPs: the parameter count of the parts a generation uses).
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -160,6 +161,17 @@ def unet_flops(scenario: Scenario) -> dict[str, int]:
         "sd_unet": count(lambda: sd_unet(x, t, encoder_hidden_states=ctx)),
     }
     out["fusers"] = out["unet_grounded"] - out["unet_plain"]
+    if scenario.token_downsample > 1:  # our engines (and the control) do less: count theirs too
+        import types
+
+        from gligen_ref.token_downsample import token_downsampled
+
+        f = scenario.token_downsample
+        with token_downsampled(model, f), token_downsampled(types.SimpleNamespace(unet=sd_unet), f):
+            out["ours_unet_grounded"] = count(lambda: model.unet_grounded(x, t, ctx, tokens, gate, extra))
+            out["ours_unet_plain"] = count(lambda: model.unet_plain(x, t, ctx, extra))
+            out["ours_sd_unet"] = count(lambda: sd_unet(x, t, encoder_hidden_states=ctx))
+        out["ours_fusers"] = out["ours_unet_grounded"] - out["ours_unet_plain"]
     out["params_in_use"] = params_in_use(model)
     log.info("FLOPs per UNet call: %s", {k: f"{v / 1e9:.1f} G" for k, v in out.items()})
     return out

@@ -105,8 +105,14 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
 
         source = load_source(scenario.model, scenario.modality, seed=scenario.model_seed)
         if want_control:  # first: the export below may rewrite the model's fusers
-            try:
-                export_control(source.model, control, scenario.size, engine_precision(config))
+            try:  # with our engines' token downsampling: plain SD on the same attention
+                export_control(
+                    source.model,
+                    control,
+                    scenario.size,
+                    engine_precision(config),
+                    token_downsample=scenario.token_downsample,
+                )
             except Exception as e:  # the control is optional: its target then reads n/a
                 log.warning("plain SD UNet control not exported: %s", e)
         if not (folder / FOLDER_MANIFEST).is_file():
@@ -123,6 +129,7 @@ def ensure_engines(scenario: Scenario, config: Config, folder: Path) -> dict[str
                 source=source,
                 gate_skip=scenario.gate_skip,
                 feature_cache=config.feature_cache >= 2 or config.feature_cache_grounded >= 2,
+                token_downsample=scenario.token_downsample,
             )
             info["export_s"] = time.perf_counter() - tic
         del source

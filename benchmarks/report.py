@@ -4,7 +4,7 @@ Everything here is computed from the record alone, so any past line renders agai
 (``gligen-rt bench --report-only``). Record fields (harness.run_benchmark):
 
     key, time, seconds, command, scenario{...}, env{cpu, cpu_flags, gpus, versions, git_sha, ...},
-    machine{matmul_gflops{fp32, bf16, fp16, <p>-openvino incl. int8-openvino}, flops{unet_grounded, unet_plain, sd_unet, fusers}},
+    machine{matmul_gflops{fp32, bf16, fp16, <p>-openvino incl. int8-openvino}, flops{unet_grounded, unet_plain, sd_unet, fusers, and ours_<each> with token downsampling}},
     configs[{label, kind, backend, precision, status, reason?, load_s, psnr_db,
              first_run{e2e, overhead, stages{stage: s}},
              steady{e2e, engine_sum, overhead: stats, stages{stage: stats + calls_per_run}},
@@ -110,10 +110,18 @@ def peak_for(record: dict[str, Any], c: dict[str, Any]) -> tuple[str, float | No
     return name, max(found) if found else None
 
 
+def flops_of(record: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The FLOP counts one configuration computes: our engines' own (``ours_*``, with the scenario's
+    token downsampling) for ours, the whole model's for the others."""
+    flops = (record.get("machine") or {}).get("flops") or {}
+    if config.get("kind") != "ours":
+        return flops
+    return {**flops, **{k[len("ours_") :]: v for k, v in flops.items() if k.startswith("ours_")}}
+
+
 def analyze(record: dict[str, Any]) -> dict[str, Any]:
     """Derived numbers: fastest eager, per-config speedup, GFLOP/s, overhead share, targets."""
     configs = [c for c in record.get("configs", []) if _ok(c)]
-    flops = (record.get("machine") or {}).get("flops") or {}
     eager = [c for c in configs if c["kind"] == "eager" and _median(c, "steady", "e2e")]
     fastest_eager = min(eager, key=lambda c: _median(c, "steady", "e2e")) if eager else None
     best_eager_s = _median(fastest_eager, "steady", "e2e") if fastest_eager else None
@@ -128,6 +136,7 @@ def analyze(record: dict[str, Any]) -> dict[str, Any]:
             d["overhead_share"] = overhead / e2e
         peak_name, peak = peak_for(record, c)
         d["peak_name"] = peak_name
+        flops = flops_of(record, c)
         for stage in ("unet_grounded", "unet_plain"):
             t = _median(c, "steady", "stages", stage)
             if t and flops.get(stage):
@@ -146,15 +155,15 @@ def analyze(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def targets(record: dict[str, Any], derived: dict[str, dict[str, Any]]) -> list[Target]:
-    flops = (record.get("machine") or {}).get("flops") or {}
     out: list[Target] = []
     ours = [c for c in record.get("configs", []) if c.get("kind") == "ours" and _ok(c)]
     if not ours:
         return [
             Target("our runtime measured", "-", None, 0, "higher", note="no configuration of our runtime ran")
         ]
-    fuser_share = flops["fusers"] / flops["unet_grounded"] if flops.get("unet_grounded") else None
     for c in ours:
+        flops = flops_of(record, c)
+        fuser_share = flops["fusers"] / flops["unet_grounded"] if flops.get("unet_grounded") else None
         label, d = c["label"], derived.get(c["label"], {})
         psnr = c.get("psnr_db")
         note = f"PSNR {psnr:.1f} dB vs FP32 reference" if psnr is not None else "no reference image"
@@ -241,6 +250,13 @@ def markdown(record: dict[str, Any]) -> str:
         f"Model {sc['model']} ({sc['modality']}, random weights, seed {sc['model_seed']}), {sc['size']}x{sc['size']} px, "
         f"{sc['steps']} {sc['sampler']} steps, beta {sc['beta']}, guidance {sc['guidance']}, batch 1 (CFG 2); "
         f"{sc['warmup']} warm-up + {sc['repeats']} timed runs per configuration, each in its own process."
+        + (
+            f" Our engines and the plain SD control pool the first level's attention keys and values "
+            f"{sc['token_downsample']}x{sc['token_downsample']} (export --token-downsample); eager PyTorch "
+            "and the reference do not."
+            if sc.get("token_downsample", 1) > 1
+            else ""
+        )
     )
     lines.append("")
     gpus = ", ".join(g.get("name", "?") for g in env.get("gpus") or []) or "none"
@@ -263,6 +279,13 @@ def markdown(record: dict[str, Any]) -> str:
             f"- FLOPs per UNet call (CFG batch 2): grounded {flops['unet_grounded'] / 1e9:.1f} G, plain "
             f"{flops['unet_plain'] / 1e9:.1f} G, plain SD {flops['sd_unet'] / 1e9:.1f} G; fusers "
             f"{flops['fusers'] / flops['unet_grounded'] * 100:.1f}% of a grounded step"
+            + (
+                f"; our engines with token downsampling: grounded {flops['ours_unet_grounded'] / 1e9:.1f} G, "
+                f"plain {flops['ours_unet_plain'] / 1e9:.1f} G, control {flops['ours_sd_unet'] / 1e9:.1f} G "
+                "(their GFLOP/s below count these)"
+                if "ours_unet_grounded" in flops
+                else ""
+            )
         )
     if record.get("command"):
         lines.append(f"- Command: `{record['command']}`")

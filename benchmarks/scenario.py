@@ -71,6 +71,7 @@ class Scenario:
     gate_skip: bool = False  # our engines: one UNet with the fusers behind an If (no unet_plain)
     feature_cache: int = 0  # K >= 2: each of our configurations also runs with the feature cache K
     feature_cache_grounded: int = 0  # K >= 2: ... and once more with the cache on grounded steps too
+    token_downsample: int = 1  # F > 1: our engines and the plain SD control pool the first level's keys FxF
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -87,6 +88,9 @@ class Scenario:
                 f"feature caches {self.feature_cache}, {self.feature_cache_grounded} must be 0 (off) "
                 "or an interval >= 2"
             )
+        from gligen_ref.token_downsample import check_factor
+
+        check_factor(self.token_downsample)
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r} must be cpu or cuda")
 
@@ -96,6 +100,7 @@ class Scenario:
         skip = "-gateskip" if self.gate_skip else ""
         cache = f"-fc{self.feature_cache}" if self.feature_cache >= 2 else ""
         cache += f"-fcg{self.feature_cache_grounded}" if self.feature_cache_grounded >= 2 else ""
+        cache += f"-td{self.token_downsample}" if self.token_downsample > 1 else ""
         return f"{self.model}-{self.modality}-{self.size}px-{self.steps}steps-{self.device}{skip}{cache}"
 
     def to_dict(self) -> dict[str, Any]:

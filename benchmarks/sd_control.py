@@ -38,19 +38,29 @@ CONTROL_BACKENDS = ("ort-cpu", "openvino")
 
 def control_path(root: Path, scenario: Scenario, precision: str) -> Path:
     """Where the control graph of a scenario lives (beside the engine folders)."""
-    name = f"sd-unet-control-{scenario.model}-seed{scenario.model_seed}-{precision}.onnx"
+    td = f"-td{scenario.token_downsample}" if scenario.token_downsample > 1 else ""
+    name = f"sd-unet-control-{scenario.model}-seed{scenario.model_seed}-{precision}{td}.onnx"
     return root / name
 
 
 def export_control(
-    model: Any, path: Path, size: int, precision: str, external_data: bool | None = None
+    model: Any,
+    path: Path,
+    size: int,
+    precision: str,
+    external_data: bool | None = None,
+    token_downsample: int = 1,
 ) -> Path:
     """Export the plain SD UNet of ``model`` (a gligen_ref GLIGENModel) to ``path`` (once).
+
+    ``token_downsample``: the first level's keys and values pooled that much, as in our engines
+    exported with it (gligen_ref/token_downsample.py).
 
     ``external_data``: weights in ``<path>.data`` (default: when they pass 1.8 GB, ONNX's 2 GB limit).
     """
     import torch
 
+    from gligen_ref.token_downsample import token_downsampled
     from gligen_rt.benchmarks.machine import sd_unet_like
 
     if path.is_file():
@@ -96,10 +106,11 @@ def export_control(
         raw = Path(scratch) / "raw.onnx"
         # tracing diffusers' UNet warns ~24 times about shape-dependent Python branches, each
         # harmless for this fixed graph (the exporter's own export path silences them the same way)
-        with torch.no_grad(), warnings.catch_warnings():
+        plain = Plain().eval()
+        with torch.no_grad(), warnings.catch_warnings(), token_downsampled(plain, token_downsample):
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
-                Plain().eval(),
+                plain,
                 args,
                 str(raw),
                 input_names=["sample", "timestep", "context"],

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gligen_ref.token_downsample import check_factor, token_downsampled
 from gligen_rt.core.config import to_dict
 from gligen_rt.core.modality import Modality
 from gligen_rt.engines import manifest as M
@@ -126,6 +127,7 @@ def export_engines(
     threads: int | None = None,
     gate_skip: bool = False,
     feature_cache: bool = False,
+    token_downsample: int = 1,
     **checkpoint_options: Any,
 ) -> Path:
     """Export every engine of a GLIGEN model into the engine folder ``out_dir``; returns its path.
@@ -154,6 +156,9 @@ def export_engines(
         feature_cache: also export ``unet_shallow``, and give ``unet`` / ``unet_plain`` the ``deep``
             output it reuses (engines/spec.py ``specs_for``): what a request's ``feature_cache``
             runs on.
+        token_downsample: 1 (off), 2 or 4: the first level's attentions take keys and values from
+            the token grid pooled that much (gligen_ref/token_downsample.py; an approximation,
+            recorded in the manifest); the model is unchanged after the export.
 
     Raises:
         ExportError / ParityError: an engine failed its checks (nothing is written);
@@ -163,6 +168,10 @@ def export_engines(
         raise ExportError(f"precision {precision!r} is not one of {M.PRECISIONS}")
     if fp16_flavor not in FP16_FLAVORS:
         raise ExportError(f"fp16 flavor {fp16_flavor!r} is not one of {tuple(FP16_FLAVORS)}")
+    try:
+        check_factor(token_downsample)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     out = Path(out_dir)
     _check_replaceable(out)
     src = source or load_source(checkpoint, modality, inpaint, seed, **checkpoint_options)
@@ -178,42 +187,43 @@ def export_engines(
         raise ExportError("no engines to export: name at least one")
     env = envelope or S.ShapeEnvelope.for_config(config)
     form = SDPA if opset >= DYNAMO_MIN_OPSET else MATMUL
-    reference = src.model
-    with_fusers = (S.UNET, S.UNET_SHALLOW_GROUNDED)  # the engines that run the fusers
-    grounded = fuse_fusers(reference, form) if fuse and any(n in names for n in with_fusers) else reference
-
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
     t0 = time.perf_counter()
     results: dict[str, ExportResult] = {}
+    with_fusers = (S.UNET, S.UNET_SHALLOW_GROUNDED)  # the engines that run the fusers
     try:
-        src.tokenizer.save(work / "tokenizer")
-        bar = _progress(names, progress)
-        for name in bar:
-            if hasattr(bar, "set_postfix_str"):
-                bar.set_postfix_str(name)
-            engine_precision, flavor = _precision_of(name, precision, fp16_flavor)
-            results[name] = export_engine(
-                grounded if name in with_fusers else reference,
-                specs[name],
-                work,
-                config=config,
-                reference=reference,
-                precision=engine_precision,
-                flavor=flavor,
-                opset=opset,
-                checkpoint_sha256=src.checkpoint_sha256,
-                external_data_min_bytes=external_data_min_bytes,
-                unfused_model=reference if (name == S.UNET and fuse and count_unfused) else None,
-                export_info={
-                    "fused": bool(fuse and name in with_fusers),
-                    "attention_form": form if fuse and name in with_fusers else None,
-                    "fusers": count_fusers(grounded)[1] if name == S.UNET else 0,
-                },
-                seed=seed,
-                threads=threads,
-                gate_skip=gate_skip and name == S.UNET,
+        with token_downsampled(src.model, token_downsample) as reference:
+            grounded = (
+                fuse_fusers(reference, form) if fuse and any(n in names for n in with_fusers) else reference
             )
+            src.tokenizer.save(work / "tokenizer")
+            bar = _progress(names, progress)
+            for name in bar:
+                if hasattr(bar, "set_postfix_str"):
+                    bar.set_postfix_str(name)
+                engine_precision, flavor = _precision_of(name, precision, fp16_flavor)
+                results[name] = export_engine(
+                    grounded if name in with_fusers else reference,
+                    specs[name],
+                    work,
+                    config=config,
+                    reference=reference,
+                    precision=engine_precision,
+                    flavor=flavor,
+                    opset=opset,
+                    checkpoint_sha256=src.checkpoint_sha256,
+                    external_data_min_bytes=external_data_min_bytes,
+                    unfused_model=reference if (name == S.UNET and fuse and count_unfused) else None,
+                    export_info={
+                        "fused": bool(fuse and name in with_fusers),
+                        "attention_form": form if fuse and name in with_fusers else None,
+                        "fusers": count_fusers(grounded)[1] if name == S.UNET else 0,
+                    },
+                    seed=seed,
+                    threads=threads,
+                    gate_skip=gate_skip and name == S.UNET,
+                )
         folder = M.FolderManifest(
             model_config=to_dict(config),
             precision=precision,
@@ -228,6 +238,7 @@ def export_engines(
                 "fused": fuse,
                 "gate_skip": gate_skip,
                 "feature_cache": feature_cache,
+                "token_downsample": token_downsample,
                 "source": src.description,
                 "exporter": {"torch": torch.__version__, "onnx": _version("onnx")},
                 "export_seconds": round(time.perf_counter() - t0, 1),

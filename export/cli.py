@@ -83,6 +83,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="also export unet_shallow, for requests that reuse the deep UNet features (--feature-cache K)",
     )
+    out.add_argument(
+        "--token-downsample",
+        type=int,
+        choices=(1, 2, 4),
+        default=1,
+        metavar="F",
+        help="first-level attentions take keys/values pooled FxF (2 or 4; 1 = off): faster at 512 px, "
+        "an approximation recorded in the manifest",
+    )
     out.add_argument("--count-unfused", action="store_true", help="also record the UNet's node count unfused")
     out.add_argument("--threads", type=int, default=None, help="CPU threads for export and checks")
     out.add_argument("--no-progress", action="store_true", help="no progress bar (none shows off a terminal)")
@@ -156,6 +165,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         threads=args.threads,
         gate_skip=args.gate_skip,
         feature_cache=args.feature_cache,
+        token_downsample=args.token_downsample,
     )
     print(path)
     return 0

@@ -20,6 +20,10 @@ fusers recognise:
   between the matmuls (the multi-head attention pattern of TensorRT's MHA fusion and ONNX Runtime's
   attention fusion), or ``F.scaled_dot_product_attention(scale=1.0)`` for the opset-23 ``Attention`` op.
 
+With token downsampling (gligen_ref/token_downsample.py: the fuser's ``kv_factor`` > 1, carried over)
+keys and values come from ``[pool(norm1(x)); norm1(g)]`` and the scores get the pooled keys'
+``log(kv_factor**2)`` as an Add before the Softmax (``attn_mask`` in the SDPA form).
+
 `fuse_fusers(model)` returns a copy of the model with every fuser replaced; the original is not
 touched (the copy shares every other parameter with it, so no memory is duplicated).
 """
@@ -35,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gligen_ref.fuser import GatedSelfAttention
+from gligen_ref.token_downsample import pool_tokens, pooled_key_bias
 
 log = logging.getLogger(__name__)
 
@@ -95,20 +100,26 @@ class FusedGatedSelfAttention(nn.Module):
         self.ff_value = _linear_like(_rows(proj, 0, inner))
         self.ff_gate = _linear_like(_rows(proj, inner, 2 * inner))
         self.ff_out = _linear_like(fuser.ff.net[2], gate_dense)
+        self.kv_factor = fuser.kv_factor  # token downsampling; ``grid`` set by the block's pre-hook
+        self.grid = None
 
-    def _attention(self, xn: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """xn (B, Nv, C) queries' input, h (B, N, C) keys'/values' input -> (B, Nv, C) before to_out."""
+    def _attention(self, xn: torch.Tensor, h: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """xn (B, Nv, C) queries' input, h (B, N, C) keys'/values' input, ``bias`` (B, 1, 1, N) added
+        to the scores -> (B, Nv, C) before to_out."""
         b = xn.shape[0]
         heads, d = self.n_heads, self.d_head
         q = self.to_q(xn).reshape(b, -1, heads, d).transpose(1, 2)  # (B, h, Nv, d), pre-scaled
         if self.form == SDPA:
             k = self.to_k(h).reshape(b, -1, heads, d).transpose(1, 2)  # (B, h, N, d)
             v = self.to_v(h).reshape(b, -1, heads, d).transpose(1, 2)
-            out = F.scaled_dot_product_attention(q, k, v, scale=1.0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         else:
             k_t = self.to_k(h).reshape(b, -1, heads, d).permute(0, 2, 3, 1)  # (B, h, d, N)
             v = self.to_v(h).reshape(b, -1, heads, d).transpose(1, 2)  # (B, h, N, d)
-            out = torch.matmul(torch.softmax(torch.matmul(q, k_t), dim=-1), v)  # (B, h, Nv, d)
+            scores = torch.matmul(q, k_t)
+            if bias is not None:
+                scores = scores + bias
+            out = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, h, Nv, d)
         return out.transpose(1, 2).reshape(b, -1, heads * d)
 
     def forward(self, x: torch.Tensor, objs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -120,8 +131,17 @@ class FusedGatedSelfAttention(nn.Module):
             tokens = tokens.to(x.dtype)
         g = self.linear(tokens)
         xn = self.norm1(x)
-        h = torch.cat([xn, self.norm1(g)], dim=1)  # = norm1([x; g]): LayerNorm is per token
-        x = x + gate * self.to_out(self._attention(xn, h))
+        gn = self.norm1(g)
+        if self.kv_factor > 1:
+            if self.grid is None:
+                raise ValueError("token downsampling needs the token grid: run the fuser inside its block")
+            pooled = pool_tokens(xn, self.grid, self.kv_factor)
+            a = self._attention(
+                xn, torch.cat([pooled, gn], dim=1), pooled_key_bias(pooled, gn, self.kv_factor)
+            )
+        else:
+            a = self._attention(xn, torch.cat([xn, gn], dim=1))  # = norm1([x; g]): LayerNorm is per token
+        x = x + gate * self.to_out(a)
         hn = self.norm2(x)
         return x + gate * self.ff_out(self.ff_value(hn) * F.gelu(self.ff_gate(hn)))
 

@@ -9,15 +9,23 @@ Notation (one transformer block of the UNet):
     x = x + gate * tanh(alpha_attn)  * attn(norm1([x; g]))[:, :Nv]   token selection: visual tokens only
     x = x + gate * tanh(alpha_dense) * ff(norm2(x))
 
+With token downsampling (gligen_ref/token_downsample.py; ``kv_factor`` > 1, ``grid`` set by the
+block's Transformer2DModel) the keys and values come from ``[pool(norm1(x)); norm1(g)]``, the pooled
+keys' logits raised by ``log(kv_factor**2)``; the queries stay the Nv visual tokens.
+
 Parameter names equal diffusers' GatedSelfAttentionDense and the original checkpoints
 (``...transformer_blocks.0.fuser.*``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from gligen_ref.token_downsample import pool_tokens, pooled_key_bias
 
 
 class SelfAttention(nn.Module):
@@ -36,16 +44,20 @@ class SelfAttention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=False)
         self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, dim) -> (B, N, dim), softmax(q k^T / sqrt(d_head)) v per head."""
-        b, n, _ = x.shape
+    def forward(
+        self, x: torch.Tensor, kv: torch.Tensor | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x: (B, N, dim) -> (B, N, dim), softmax(q k^T / sqrt(d_head) + bias) v per head, keys and
+        values from ``kv`` (B, M, dim) when given (else x), ``bias`` broadcast to (B, h, N, M)."""
+        b = x.shape[0]
+        kv = x if kv is None else kv
 
         def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(b, n, self.n_heads, self.d_head).transpose(1, 2)
+            return t.reshape(b, -1, self.n_heads, self.d_head).transpose(1, 2)
 
-        q, k, v = heads(self.to_q(x)), heads(self.to_k(x)), heads(self.to_v(x))
-        out = F.scaled_dot_product_attention(q, k, v, scale=self.d_head**-0.5)
-        out = out.transpose(1, 2).reshape(b, n, self.n_heads * self.d_head)
+        q, k, v = heads(self.to_q(x)), heads(self.to_k(kv)), heads(self.to_v(kv))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.d_head**-0.5)
+        out = out.transpose(1, 2).reshape(b, -1, self.n_heads * self.d_head)
         return self.to_out[0](out)
 
 
@@ -93,6 +105,8 @@ class GatedSelfAttention(nn.Module):
         self.norm2 = nn.LayerNorm(query_dim)
         self.alpha_attn = nn.Parameter(torch.tensor(0.0))
         self.alpha_dense = nn.Parameter(torch.tensor(0.0))
+        self.kv_factor = 1  # token downsampling (gligen_ref/token_downsample.py): 1 = off
+        self.grid: tuple[Any, Any] | None = None
 
     def forward(self, x: torch.Tensor, objs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """x: (B, Nv, C) float; objs = (tokens (B, Ng, D), gate () or (1,)) -> (B, Nv, C)."""
@@ -100,7 +114,16 @@ class GatedSelfAttention(nn.Module):
         gate = gate.to(x.dtype)
         n_visual = x.shape[1]
         g = self.linear(tokens.to(x.dtype))
-        a = self.attn(self.norm1(torch.cat([x, g], dim=1)))[:, :n_visual, :]
+        h = self.norm1(torch.cat([x, g], dim=1))
+        if self.kv_factor > 1:
+            if self.grid is None:
+                raise ValueError("token downsampling needs the token grid: run the fuser inside its block")
+            hv, hg = h[:, :n_visual, :], h[:, n_visual:, :]
+            pooled = pool_tokens(hv, self.grid, self.kv_factor)
+            kv = torch.cat([pooled, hg], dim=1)
+            a = self.attn(hv, kv, pooled_key_bias(pooled, hg, self.kv_factor))
+        else:
+            a = self.attn(h)[:, :n_visual, :]
         x = x + gate * self.alpha_attn.tanh() * a
         x = x + gate * self.alpha_dense.tanh() * self.ff(self.norm2(x))
         return x

@@ -139,6 +139,18 @@ def inspect_lines(path: str | Path) -> list[str]:
         f"  source     {fm.extra.get('source', '-')}",
         f"  versions   {json.dumps({**fm.extra.get('exporter', {}), **fm.library_versions}, sort_keys=True)}",
     ]
+    layout = [
+        name
+        for name, on in (
+            ("gate skip", fm.extra.get("gate_skip")),
+            ("feature cache", fm.extra.get("feature_cache")),
+        )
+        if on
+    ]
+    factor = int(fm.extra.get("token_downsample", 1) or 1)
+    if factor > 1:
+        layout.append(f"token downsampling {factor}x{factor} at the first level (an approximation)")
+    lines.append(f"  layout     {', '.join(layout) or '-'}")
     if fm.checkpoint_sha256:
         lines.append(f"  checkpoint sha256 {fm.checkpoint_sha256[:16]}")
     for name in fm.engines:

@@ -75,6 +75,37 @@ def test_tiny_scenario_end_to_end(tmp_path: Path, engine_dir: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.skipif(not _has_exporter(), reason="the exporter (torch.onnx) is not importable")
+def test_token_downsampling_gets_its_own_engines_flops_and_key(tmp_path: Path, engine_dir: Path) -> None:
+    """--token-downsample 2: our engines and the plain SD control exported with it (their own folder
+    and file), our GFLOP/s counted on the FLOPs they do compute, the key and the report saying so."""
+    out = tmp_path / "results"
+    argv = [
+        "bench", "--model", "tiny-random", "--size", "128", "--steps", "2", "--beta", "0.5", "--repeats", "1",
+        "--warmup", "0", "--backends", "ort-cpu", "--precisions", "fp32", "--no-eager", "--token-downsample", "2",
+        "--matmul-size", "256", "--threads", "1", "--device", "cpu", "--in-process",
+        "--out-dir", str(out), "--engine-dir", str(engine_dir),
+    ]  # fmt: skip
+    assert cli_main(argv) == 0
+    record = json.loads((out / "bench.jsonl").read_text().splitlines()[0])
+    assert record["key"] == "tiny-random-text-box-128px-2steps-cpu-td2"
+    folders = [f for f in engine_dir.iterdir() if f.name.endswith("-td2")]
+    assert (
+        len(folders) == 1 and json.loads((folders[0] / "manifest.json").read_text())["token_downsample"] == 2
+    )
+    flops = record["machine"]["flops"]
+    assert flops["ours_unet_grounded"] < flops["unet_grounded"] and flops["ours_sd_unet"] < flops["sd_unet"]
+    assert flops["ours_unet_plain"] == flops["ours_sd_unet"]
+    ours = next(c for c in record["configs"] if c["label"] == "ours ort-cpu fp32")
+    assert ours["status"] == "ok", ours
+    assert 20 < ours["psnr_db"] < 90  # an approximation of the reference, not the reference
+    d = report.analyze(record)["derived"]["ours ort-cpu fp32"]
+    t = ours["steady"]["stages"]["unet_plain"]["median"]
+    assert d["gflops_unet_plain"] == pytest.approx(flops["ours_unet_plain"] / t / 1e9)
+    md = (out / f"{record['key']}.md").read_text()
+    assert "pool the first level's attention keys and values 2x2" in md
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("openvino") is None or importlib.util.find_spec("nncf") is None,
