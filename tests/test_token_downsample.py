@@ -6,6 +6,7 @@ runtime on an exported folder equal to the reference run with it, on ORT and Ope
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from pathlib import Path
 
@@ -136,3 +137,24 @@ def test_the_export_cli_refuses_another_factor_in_one_line(
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and "--token-downsample" in err, err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_openvino_still_fuses_every_attention(folder: Path) -> None:
+    """The pooled self-attention and the fuser's attention with its bias Add stay one fused kernel
+    each on OpenVINO's CPU plugin (f32 dynamic, bf16 static): `unet_shallow_grounded` holds the
+    first level's 5 blocks x (self, cross, gated)."""
+    from gligen_rt.engines.openvino import attention_fusions, compile_model
+
+    onnx = folder / "unet_shallow_grounded.onnx"
+    shapes = {
+        "sample": (2, 4, 8, 16),
+        "timestep": (1,),
+        "context": (2, 77, 32),
+        "tokens": (2, 30, 32),
+        "gate": (1,),
+        "deep": (2, 32, 8, 16),
+    }
+    for hint, shp in (("f32", None), ("bf16", shapes)):
+        total, fused = attention_fusions(onnx, compile_model(onnx, "CPU", hint, shapes=shp))
+        assert total == 15 and fused == total, (hint, total, fused)
