@@ -246,11 +246,25 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         "feature_cache_grounded": args.feature_cache_grounded,
         "layout_seed": args.layout_seed,
         "n": args.n,
+        # what the engine rows ran (the torch row is always the whole model)
+        "engines": _engine_layout(args.engines),
         "results": results,
     }
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(markdown_table(results), encoding="utf-8")
     return results
+
+
+def _engine_layout(folder: Path) -> dict[str, Any]:
+    """The export options of the engine folder that change what its engines compute or hold."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {
+        k: manifest.get(k, d)
+        for k, d in (("gate_skip", False), ("feature_cache", False), ("token_downsample", 1))
+    }
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -235,6 +235,8 @@ def test_eval_sweeps_guidance(tmp_path: Path) -> None:
     assert main([*argv, "--guidance", "1", "2", "--out", str(out)]) == 0
     record = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [r["guidance"] for r in record["results"]] == [1.0, 2.0]
+    # what the engine rows ran: the shipped folder is one whole UNet
+    assert record["engines"] == {"gate_skip": False, "feature_cache": False, "token_downsample": 1}
     assert all(r["objects"] > 0 and 0.0 <= r["ap50"] <= 1.0 for r in record["results"])
     assert (out / "grid_ort-fp32_grounded_g1.png").is_file() and (
         out / "grid_ort-fp32_grounded_g2.png"
