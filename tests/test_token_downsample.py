@@ -158,3 +158,33 @@ def test_openvino_still_fuses_every_attention(folder: Path) -> None:
     for hint, shp in (("f32", None), ("bf16", shapes)):
         total, fused = attention_fusions(onnx, compile_model(onnx, "CPU", hint, shapes=shp))
         assert total == 15 and fused == total, (hint, total, fused)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="tensorrt_rtx is not installed")
+def test_the_pooled_fp16_unets_build_in_tensorrt_rtx(tmp_path: Path) -> None:
+    """The GPU path: the pooled graphs (AveragePool on the token grid, the fusers' bias Add) exported
+    FP16 strongly typed parse and build in TensorRT-RTX's builder (no GPU needed), over a dynamic
+    size range; running the plans needs a GPU (test_export_trt_rtx.py runs plans where one exists)."""
+    from gligen_rt.engines import manifest as M
+    from gligen_rt.engines import spec as S
+    from gligen_rt.engines.build import build
+    from gligen_rt.export.api import export_engines
+
+    envelope = S.ShapeEnvelope(batch=(1, 1, 2), height=(64, 128, 192), width=(64, 128, 192))
+    names = ["unet", "unet_shallow_grounded"]
+    folder = export_engines(
+        "tiny-random",
+        tmp_path / "fp16",
+        "fp16",
+        envelope=envelope,
+        progress=False,
+        gate_skip=True,
+        feature_cache=True,
+        token_downsample=2,
+        engines=names,
+    )
+    plans = build(folder, "tensorrt-rtx", progress=False)
+    assert sorted(p.name.split(".")[0] for p in plans) == names
+    for plan in plans:
+        m = M.load_manifest(M.manifest_path_for(plan))
+        assert plan.stat().st_size > 0 and m.precision == "fp16"
