@@ -257,12 +257,11 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _engine_layout(folder: Path) -> dict[str, Any]:
     """The export options of the engine folder that change what its engines compute or hold."""
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+    from gligen_rt.engines.manifest import load_folder_manifest
+
+    extra = load_folder_manifest(folder).extra
     return {
-        k: manifest.get(k, d)
+        k: extra.get(k, d)
         for k, d in (("gate_skip", False), ("feature_cache", False), ("token_downsample", 1))
     }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gligen_rt.cli_parser import checkpoint_path
+from gligen_rt.core.config import TOKEN_DOWNSAMPLE_FACTORS
 from gligen_rt.engines.spec import ENGINE_NAMES
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--token-downsample",
         type=int,
-        choices=(1, 2, 4),
+        choices=TOKEN_DOWNSAMPLE_FACTORS,
         default=1,
         metavar="F",
         help="first-level attentions take keys/values pooled FxF (2 or 4; 1 = off): faster at 512 px, "

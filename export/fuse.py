@@ -133,8 +133,6 @@ class FusedGatedSelfAttention(nn.Module):
         xn = self.norm1(x)
         gn = self.norm1(g)
         if self.kv_factor > 1:
-            if self.grid is None:
-                raise ValueError("token downsampling needs the token grid: run the fuser inside its block")
             pooled = pool_tokens(xn, self.grid, self.kv_factor)
             a = self._attention(
                 xn, torch.cat([pooled, gn], dim=1), pooled_key_bias(pooled, gn, self.kv_factor)

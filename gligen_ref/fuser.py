@@ -116,8 +116,6 @@ class GatedSelfAttention(nn.Module):
         g = self.linear(tokens.to(x.dtype))
         h = self.norm1(torch.cat([x, g], dim=1))
         if self.kv_factor > 1:
-            if self.grid is None:
-                raise ValueError("token downsampling needs the token grid: run the fuser inside its block")
             hv, hg = h[:, :n_visual, :], h[:, n_visual:, :]
             pooled = pool_tokens(hv, self.grid, self.kv_factor)
             kv = torch.cat([pooled, hg], dim=1)

@@ -35,12 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FACTORS = (1, 2, 4)  # 1: off; the latent's side is a multiple of 8 at every size we accept
+from gligen_rt.core.config import TOKEN_DOWNSAMPLE_FACTORS as FACTORS
 
 
 def pool_tokens(x: torch.Tensor, grid: tuple[Any, Any], factor: int) -> torch.Tensor:
     """x (B, h*w, C) on the grid (h, w) -> (B, (h/factor)*(w/factor), C), each ``factor x factor``
-    patch averaged (an AveragePool in the exported graph)."""
+    patch averaged (an AveragePool in the exported graph). ValueError without a grid (the hook that
+    sets it runs only when the block is called as a whole)."""
+    if grid is None:
+        raise ValueError("token downsampling needs the token grid: run the attention inside its block")
     b, _, c = x.shape
     h, w = grid
     t = x.transpose(1, 2).reshape(b, c, h, w)
@@ -75,8 +78,8 @@ class DownsampledSelfAttnProcessor:
         temb: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        if encoder_hidden_states is not None or attention_mask is not None or self.grid is None:
-            raise ValueError("token downsampling applies to an unmasked self-attention on a known grid")
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("token downsampling applies to an unmasked self-attention")
         b = hidden_states.shape[0]
         kv = pool_tokens(hidden_states, self.grid, self.factor)
         q = attn.to_q(hidden_states)

@@ -21,6 +21,10 @@ from gligen_rt.core.modality import (
     Modality,
 )
 
+# export --token-downsample: 1 (off) or the first level's key/value pooling (the latent's side is a
+# multiple of 8 at every accepted size); gligen_ref/token_downsample.py
+TOKEN_DOWNSAMPLE_FACTORS = (1, 2, 4)
+
 
 @dataclass(frozen=True)
 class UNetConfig:
