@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gligen_rt.core.config import check_token_downsample
 from gligen_rt.core.modality import Modality
 
 MODELS = ("tiny-random", "sd14")
@@ -88,9 +89,7 @@ class Scenario:
                 f"feature caches {self.feature_cache}, {self.feature_cache_grounded} must be 0 (off) "
                 "or an interval >= 2"
             )
-        from gligen_ref.token_downsample import check_factor
-
-        check_factor(self.token_downsample)
+        check_token_downsample(self.token_downsample)  # torch-free: our runtime's worker never imports torch
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device {self.device!r} must be cpu or cuda")
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gligen_rt.core.config import TOKEN_DOWNSAMPLE_FACTORS as FACTORS
+from gligen_rt.core.config import check_token_downsample as check_factor
 
 
 def pool_tokens(x: torch.Tensor, grid: tuple[Any, Any], factor: int) -> torch.Tensor:
@@ -116,13 +117,6 @@ def _set_grid(module: nn.Module, args: tuple, kwargs: dict) -> None:
         fuser = getattr(block, "fuser", None)
         if fuser is not None and getattr(fuser, "kv_factor", 1) > 1:
             fuser.grid = grid
-
-
-def check_factor(factor: int) -> int:
-    """``factor`` if it is one of FACTORS, else ValueError with the choices."""
-    if factor not in FACTORS:
-        raise ValueError(f"token downsampling factor {factor} is not one of {FACTORS} (1 = off)")
-    return factor
 
 
 @contextlib.contextmanager

@@ -143,6 +143,21 @@ def test_worker_runs_in_its_own_process(tmp_path: Path) -> None:
     assert result["flops"]["fusers"] > 0 and result["matmul_gflops"]["fp32"] > 0
 
 
+@pytest.mark.skipif(not _has_exporter(), reason="the exporter (torch.onnx) is not importable")
+def test_our_worker_never_imports_torch(tmp_path: Path, engine_dir: Path) -> None:
+    """Our runtime's peak RSS is measured in a process that holds only what the runtime needs: a
+    torch import there (e.g. by the scenario's checks) would add ~0.2 GB to the figure."""
+    from gligen_rt.benchmarks.harness import _task, execute
+
+    scenario = Scenario(model="tiny-random", size=128, steps=2, matmul_size=128, threads=1)
+    config = Config("ours", "ort-cpu", "fp32")
+    exported = execute(_task("export", scenario, config, tmp_path, engine_dir), tmp_path / "tasks", False)
+    assert exported.get("status") != "failed", exported
+    result = execute(_task("config", scenario, config, tmp_path, engine_dir), tmp_path / "tasks", True)
+    assert result["status"] == "ok", result
+    assert result["memory"]["torch_imported"] is False
+
+
 # ---- the report from a jsonl fixture --------------------------------------------------------------
 
 

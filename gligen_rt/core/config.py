@@ -26,6 +26,15 @@ from gligen_rt.core.modality import (
 TOKEN_DOWNSAMPLE_FACTORS = (1, 2, 4)
 
 
+def check_token_downsample(factor: int) -> int:
+    """``factor`` if it is one of TOKEN_DOWNSAMPLE_FACTORS, else ValueError with the choices."""
+    if factor not in TOKEN_DOWNSAMPLE_FACTORS:
+        raise ValueError(
+            f"token downsampling factor {factor} is not one of {TOKEN_DOWNSAMPLE_FACTORS} (1 = off)"
+        )
+    return factor
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
