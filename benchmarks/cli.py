@@ -111,6 +111,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "first level's attentions take keys/values pooled FxF (2 or 4; 1 = off); eager PyTorch and "
         "the reference stay whole",
     )
+    p.add_argument(
+        "--low-memory",
+        action="store_true",
+        help="each of our configurations runs once more with the runtime's --low-memory (encoders and "
+        "VAE loaded per stage, the UNets' buffers freed before the VAE decodes)",
+    )
     p.add_argument("--no-eager", action="store_true", help="leave out diffusers' eager PyTorch baseline")
     p.add_argument(
         "--eager-precisions",
@@ -214,6 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         eager=not args.no_eager,
         eager_precisions=args.eager_precisions,
         cached_only=args.cached_only,
+        low_memory=args.low_memory,
         reference=not args.no_reference,
         out_dir=args.out_dir,
         engine_dir=args.engine_dir if args.engine_dir is not None else default_engine_dir(),

@@ -40,6 +40,7 @@ class Options:
     eager: bool = True
     eager_precisions: list[str] | None = None  # default: every one the device has
     cached_only: bool = False  # with a feature cache: none of our configurations without it
+    low_memory: bool = False  # each of our configurations once more with the runtime's low_memory
     reference: bool = True
     out_dir: Path = Path("benchmarks/results")
     engine_dir: Path = Path(".cache/bench-engines")
@@ -128,6 +129,7 @@ def run_benchmark(scenario: Scenario, options: Options) -> dict[str, Any]:
         cpu_bf16=cpu_has_bf16(),
         eager_precisions=options.eager_precisions,
         cached_only=options.cached_only,
+        low_memory=options.low_memory,
     )
     started = datetime.datetime.now(datetime.timezone.utc)
     log.info("scenario %s: %s", scenario.key, ", ".join(c.label for c in configs))

@@ -202,7 +202,9 @@ class OursRunner(Runner):
         options: dict[str, Any] = {}
         if scenario.threads is not None and config.backend in ("ort-cpu", "openvino"):
             options["threads"] = scenario.threads
-        self.pipe = GligenPipeline.from_engines(folder, runtime_backend(config), **options)
+        self.pipe = GligenPipeline.from_engines(
+            folder, runtime_backend(config), low_memory=config.low_memory, **options
+        )
         backend = self.pipe.backend
         arrays = backend.arrays
         self.timer = CallTimer(arrays.synchronize)

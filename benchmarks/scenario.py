@@ -120,6 +120,7 @@ class Config:
     precision: str = "fp32"
     feature_cache: int = 0  # ours: the request's feature_cache (engines exported with it when >= 2)
     feature_cache_grounded: int = 0  # ours: the request's feature_cache_grounded (the same engines)
+    low_memory: bool = False  # ours: the pipeline's low_memory (staged encoders and VAE, trimmed UNets)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -132,7 +133,7 @@ class Config:
             cache = f" feature-cache {self.feature_cache}" if self.feature_cache >= 2 else ""
             if self.feature_cache_grounded >= 2:
                 cache += f" grounded {self.feature_cache_grounded}"
-            return f"ours {self.backend} {self.precision}{cache}"
+            return f"ours {self.backend} {self.precision}{cache}{' low-memory' if self.low_memory else ''}"
         return f"{self.kind} {self.precision}"
 
     def to_dict(self) -> dict[str, str]:
@@ -146,6 +147,7 @@ class Config:
             precision=d.get("precision", "fp32"),
             feature_cache=d.get("feature_cache", 0),
             feature_cache_grounded=d.get("feature_cache_grounded", 0),
+            low_memory=bool(d.get("low_memory", False)),
         )
 
 
@@ -158,6 +160,7 @@ def plan_configs(
     cpu_bf16: bool = True,
     eager_precisions: list[str] | None = None,
     cached_only: bool = False,
+    low_memory: bool = False,
 ) -> tuple[list[Config], list[dict[str, str]]]:
     """The configurations to run, and the combinations left out with the reason.
 
@@ -165,6 +168,7 @@ def plan_configs(
     ``eager_precisions``: a subset of ``EAGER_PRECISIONS[device]`` (default: all of them).
     ``cached_only``: with a feature cache, leave out our configurations without it (they run on a
     second engine folder, exported and built without the cache).
+    ``low_memory``: each of our configurations runs once more with the pipeline's ``low_memory``.
     """
     configs: list[Config] = []
     skipped: list[dict[str, str]] = []
@@ -200,6 +204,8 @@ def plan_configs(
                             scenario.feature_cache_grounded,
                         )
                     )
+    if low_memory:
+        configs += [dataclasses.replace(c, low_memory=True) for c in configs if c.kind == "ours"]
     if eager:
         if Modality(scenario.modality) is not Modality.TEXT_BOX:
             skipped.append(

@@ -67,6 +67,13 @@ class Backend(abc.ABC):
         for name in engines:
             self.specs.pop(name, None)
 
+    def trim(self, engines: Sequence[str]) -> None:
+        """Free what `engines` hold besides their weights (intermediate buffers), keeping them loaded:
+        their next call allocates it again. ``--low-memory`` trims the UNets before the VAE decodes,
+        so the two stages' buffers are never resident together. A no-op where a backend has nothing
+        to free this way."""
+        del engines  # nothing to free by default
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release sessions, buffers and device memory; the backend cannot run afterwards."""

@@ -212,6 +212,16 @@ class OpenVinoBackend(Backend):
         arrays = {k: np.ascontiguousarray(v) for k, v in inputs.items()}
         return self._pool(self._engines[engine], arrays).run(arrays)
 
+    def trim(self, engines: Sequence[str]) -> None:
+        """Release the intermediate tensors of `engines`' compiled models (CompiledModel.release_memory:
+        the CPU plugin's per-request buffers; the weights stay compiled). The buffers of a gate-skip
+        UNet's If bodies are the plugin's own and stay (benchmarks/README.md, memory)."""
+        for name in engines:
+            e = self._engines.get(name)
+            if e is not None and e.pool is not None:
+                with e.lock:
+                    e.pool.compiled.release_memory()
+
     def release(self, engines: Sequence[str]) -> None:
         """Drop the compiled models of `engines` (--low-memory)."""
         for name in engines:

@@ -116,9 +116,11 @@ class GligenPipeline:
     single_unet: load only `unet` and run gate-0 steps on it with gate 0 (one UNet in memory, for
         memory-tight devices) instead of `unet_plain`.
     low_memory: the UNet(s) and the grounding engine stay loaded; the text/image encoders and the
-        VAE are loaded for their stage of each request and released after it, and the VAE decodes
-        in tiles (``vae_tile``) when the image is larger than one tile. Peak memory is then the
-        resident engines plus the largest staged one. Not for concurrent calls.
+        VAE are loaded for their stage of each request and released after it, the resident engines'
+        intermediate buffers are freed before the VAE decodes (``Backend.trim``; the next request
+        allocates them again), and the VAE decodes in tiles (``vae_tile``) when the image is larger
+        than one tile. Peak memory is then the resident engines plus the largest stage's working
+        memory. Not for concurrent calls.
     vae_tile: latent pixels per VAE-decoder tile (default with low_memory: the model's default
         image size / 8, i.e. 512 px tiles at SD size; None without it: no tiling).
     """
@@ -409,6 +411,8 @@ class GligenPipeline:
             )
             run.stage("denoise", tic)
 
+            if self.low_memory:  # the UNets' buffers go before the VAE's come
+                self.backend.trim([e for e in (*UNETS, GROUNDING) if self.backend.has(e)])
             tic = arrays.mark()
             with self._stage(VAE_DECODER):
                 decoded = self.decode(x, run)

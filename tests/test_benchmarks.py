@@ -331,6 +331,13 @@ def test_plan_configs_filters_and_explains() -> None:
         "ours openvino fp32 feature-cache 3 grounded 2",
     ]
     assert skipped == [{"label": "ours openvino fp32", "reason": "left out by --cached-only"}]
+    configs, _ = plan_configs(cached, ["openvino"], ["fp32"], eager=False, cached_only=True, low_memory=True)
+    assert [c.label for c in configs][-2:] == [
+        "ours openvino fp32 feature-cache 3 low-memory",
+        "ours openvino fp32 feature-cache 3 grounded 2 low-memory",
+    ]
+    assert configs[0].label == "reference fp32" and not configs[1].low_memory
+    assert Config.from_dict(configs[-1].to_dict()) == configs[-1]
 
 
 def test_stats_timer_and_psnr() -> None:

@@ -3,6 +3,7 @@ path: the pipeline calls the backend's load / release / run)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from test_runtime_support import engine_folder, psnr
 
 from gligen_rt.core.imageio import to_uint8
 from gligen_rt.core.request import GenerationRequest, GroundedObject
-from gligen_rt.engines.spec import TEXT_ENCODER, UNET, UNET_PLAIN, VAE_DECODER
+from gligen_rt.engines.spec import GROUNDING, TEXT_ENCODER, UNET, UNET_PLAIN, VAE_DECODER
 from gligen_rt.runtime import GligenPipeline
 from gligen_rt.runtime.tiles import tile_starts
 
@@ -63,3 +64,30 @@ def test_low_memory_gives_the_same_image_and_keeps_only_the_unets(folder: Path) 
         assert set(pipe.backend.specs) == resident  # staged engines were released again
     assert set(expected_engines) >= {TEXT_ENCODER, VAE_DECODER}
     assert np.array_equal(result.images, expected.images)  # 128 px: one VAE tile, exact
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_low_memory_trims_the_unets_before_the_vae_and_the_next_request_is_unchanged(folder: Path) -> None:
+    """OpenVINO: --low-memory frees the resident engines' intermediate buffers (CompiledModel
+    release_memory) after the last UNet step and before the VAE decodes; the next request allocates
+    them again and gives the same image as a pipeline that never trims."""
+    request = GenerationRequest(
+        prompt="a room", objects=(GroundedObject((0.1, 0.2, 0.5, 0.6), "a cat"),), seed=3, steps=3
+    )
+    with GligenPipeline.from_engines(folder, "openvino", threads=1) as pipe:
+        expected = pipe(request)
+    with GligenPipeline.from_engines(folder, "openvino", threads=1, low_memory=True) as pipe:
+        backend = pipe.backend
+        events: list[tuple[str, tuple[str, ...]]] = []
+        run, trim = backend.run, backend.trim
+        backend.run = lambda e, x: (events.append(("run", (e,))), run(e, x))[1]  # type: ignore[method-assign]
+        backend.trim = lambda es: (events.append(("trim", tuple(es))), trim(es))[1]  # type: ignore[method-assign]
+        first, second = pipe(request), pipe(request)
+    assert np.array_equal(first.images, expected.images) and np.array_equal(second.images, expected.images)
+    for start in (0, len(events) // 2):  # each request: every UNet step, then the trim, then the VAE
+        request_events = events[start : start + len(events) // 2]
+        kinds = [k for k, _ in request_events]
+        trim_at = kinds.index("trim")
+        assert set(request_events[trim_at][1]) == {UNET, UNET_PLAIN, GROUNDING}
+        assert request_events[trim_at + 1] == ("run", (VAE_DECODER,))
+        assert all(e[1][0] != UNET and e[1][0] != UNET_PLAIN for e in request_events[trim_at + 1 :])
