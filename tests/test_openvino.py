@@ -457,3 +457,27 @@ def test_first_inference_leaves_no_weight_pages_resident(folder: Path) -> None:
         assert all(kb == 0 for kb in resident.values()), resident
         assert any(_mapped_rss(f)[0] for f in files), "no weight file is mapped: nothing to check"
         np.testing.assert_array_equal(backend.run("text_encoder", ids)["last_hidden_state"], first)
+
+
+def test_memory_breakdown_per_engine(
+    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/openvino_memory: one line per engine of a static build (compile, first and second
+    inference, release_memory), the total at least the IR weights it holds; a dynamic build is a
+    one-line error."""
+    from gligen_rt.benchmarks.openvino_memory import main
+    from gligen_rt.engines.build import build
+
+    static = tmp_path / "engines"
+    shutil.copytree(folder, static, ignore=shutil.ignore_patterns("ort-*", "openvino*", "tensorrt*"))
+    build(static, "openvino", static=(1, 128, 128), progress=False)
+    assert main([str(static / "openvino"), "--threads", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
+    assert set(rows) == {"text_encoder", "grounding", "unet", "unet_plain", "vae_decoder"}
+    ir = sum(float(r[0]) for r in rows.values())
+    total = float(lines[-1].split(": ")[1].split()[0])
+    assert total >= ir > 0
+    with pytest.raises(SystemExit, match="built for dynamic sizes: rebuild it with"):
+        main([str(folder / "openvino"), "--engines", "unet"])
+    assert main([str(tmp_path / "nope")]) == 2
