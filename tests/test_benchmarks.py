@@ -147,13 +147,14 @@ def test_worker_runs_in_its_own_process(tmp_path: Path) -> None:
 def test_our_worker_never_imports_torch(tmp_path: Path, engine_dir: Path) -> None:
     """Our runtime's peak RSS is measured in a process that holds only what the runtime needs: a
     torch import there (e.g. by the scenario's checks) would add ~0.2 GB to the figure."""
-    from gligen_rt.benchmarks.harness import _task, execute
+    from gligen_rt.benchmarks.harness import _task, engine_folder, execute
 
     scenario = Scenario(model="tiny-random", size=128, steps=2, matmul_size=128, threads=1)
     config = Config("ours", "ort-cpu", "fp32")
-    exported = execute(_task("export", scenario, config, tmp_path, engine_dir), tmp_path / "tasks", False)
+    folder = engine_folder(engine_dir, scenario, config)  # the module's other runs may have made it
+    exported = execute(_task("export", scenario, config, tmp_path, folder), tmp_path / "tasks", False)
     assert exported.get("status") != "failed", exported
-    result = execute(_task("config", scenario, config, tmp_path, engine_dir), tmp_path / "tasks", True)
+    result = execute(_task("config", scenario, config, tmp_path, folder), tmp_path / "tasks", True)
     assert result["status"] == "ok", result
     assert result["memory"]["torch_imported"] is False
 
