@@ -215,7 +215,7 @@ class OpenVinoBackend(Backend):
     def trim(self, engines: Sequence[str]) -> None:
         """Release the intermediate tensors of `engines`' compiled models (CompiledModel.release_memory:
         the CPU plugin's per-request buffers; the weights stay compiled). The buffers of a gate-skip
-        UNet's If bodies are the plugin's own and stay (benchmarks/README.md, memory)."""
+        UNet's If bodies are the plugin's own and stay (benchmarks/results/low_memory/README.md)."""
         for name in engines:
             e = self._engines.get(name)
             if e is not None and e.pool is not None:
