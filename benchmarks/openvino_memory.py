@@ -25,14 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from gligen_rt.benchmarks.measure import rss_bytes as rss
+
 GiB = 2**30
-
-
-def rss() -> int:
-    """This process's resident bytes (psutil)."""
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def constant_inputs(compiled: Any, batch: int = 2) -> dict[str, np.ndarray]:
