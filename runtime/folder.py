@@ -36,6 +36,7 @@ from gligen_rt.engines.spec import (
     UNET,
     UNET_PLAIN,
     UNET_SHALLOW,
+    UNET_SHALLOW_GROUNDED,
     VAE_DECODER,
     VAE_ENCODER,
     EngineSpec,
@@ -116,7 +117,8 @@ class EngineFolder:
             raise EngineError(
                 f"{path}/manifest.json has an unreadable envelope ({e}): re-export the engine folder"
             ) from None
-        expected = specs_for(config, envelope, feature_cache=UNET_SHALLOW in manifest.engines)
+        shallow = {UNET_SHALLOW, UNET_SHALLOW_GROUNDED} & set(manifest.engines)
+        expected = specs_for(config, envelope, feature_cache=bool(shallow))
         missing = [n for n in required_engines(config) if n not in manifest.engines]
         if missing:
             raise EngineError(
