@@ -46,11 +46,16 @@ def _compile_unrolled(xml: Path, hint: str, threads: int | None) -> Any:
     then inlines the then-branch); no blob cache, so it compiles from the IR."""
     import openvino as ov
 
-    from gligen_rt.engines.openvino import compile_config, mapped_files, mapped_pages_dropped, resolve_ifs
+    from gligen_rt.engines.openvino import compile_config, mapped_files, mapped_pages_dropped
 
     core = ov.Core()
     with mapped_pages_dropped(*mapped_files(xml, None)):
-        model = resolve_ifs(core.read_model(str(xml)))
+        model = core.read_model(str(xml))
+        true = ov.opset13.constant(np.array(True)).output(0)
+        for op in model.get_ops():
+            if op.get_type_name() == "If":
+                op.input(0).replace_source_output(true)
+        model.validate_nodes_and_infer_types()
         compiled = core.compile_model(model, "CPU", compile_config(hint, None, threads))
         del model
     return compiled

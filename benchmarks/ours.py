@@ -214,12 +214,12 @@ class OursRunner(Runner):
 
         def run(engine: str, inputs: Any) -> Any:
             stage = self.STAGE_OF.get(engine, engine)
-            if engine in ("unet", "unet_shallow_grounded") and "gate" in inputs:
+            if engine == "unet" and "gate" in inputs:
                 gate = inputs["gate"]
                 if id(gate) not in zero_gate:
                     zero_gate[id(gate)] = (gate, float(np.asarray(arrays.to_host(gate)).ravel()[0]) == 0.0)
-                if zero_gate[id(gate)][1]:  # a gate-skip folder runs the plain phase on these
-                    stage = "unet_plain" if engine == "unet" else "unet_shallow"
+                if zero_gate[id(gate)][1]:
+                    stage = "unet_plain"  # a folder without unet_plain runs the plain phase on unet
             tic = time.perf_counter()
             out = inner_run(engine, inputs)
             arrays.synchronize()

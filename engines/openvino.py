@@ -53,8 +53,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from gligen_rt.core.errors import BackendUnavailable, EngineError
 
 log = logging.getLogger(__name__)
@@ -433,39 +431,16 @@ def runtime_layer_types(compiled: Any) -> collections.Counter:
     )
 
 
-def resolve_ifs(model: Any, branch: bool = True) -> Any:
-    """``model`` (an ov.Model, changed in place and returned) with every top-level If's condition
-    replaced by the constant ``branch``: the CPU plugin then inlines that branch. For measurements
-    of what a gate-skip graph runs (its nodes and memory without the Ifs), never for the runtime."""
-    ov = import_openvino()
-    constant = ov.opset13.constant(np.array(branch)).output(0)
-    for op in model.get_ops():
-        if op.get_type_name() == "If":
-            op.input(0).replace_source_output(constant)
-    model.validate_nodes_and_infer_types()
-    return model
-
-
-def _ops_with_bodies(model: Any) -> Iterator[Any]:
-    """The ops of ``model`` and of its If bodies, recursively."""
-    for op in model.get_ops():
-        yield op
-        if op.get_type_name() == "If":
-            for body in (op.get_then_body(), op.get_else_body()):
-                yield from _ops_with_bodies(body)
-
-
 def attention_fusions(model_path: str | os.PathLike[str], compiled: Any) -> tuple[int, int]:
     """(attention patterns in the graph, those the CPU plugin fused into one kernel).
 
-    A pattern is one Softmax of the source graph, If bodies included; it counts as fused when the
-    runtime node that executes it also executes two MatMuls (the multi-head-attention Subgraph or
-    ScaledAttn kernel) rather than a stand-alone Softmax between two matrix products. The runtime
-    graph does not show inside an If, so count a gate-skip graph compiled with ``resolve_ifs``.
+    A pattern is one Softmax of the source graph; it counts as fused when the runtime node that
+    executes it also executes two MatMuls (the multi-head-attention Subgraph or ScaledAttn kernel)
+    rather than a stand-alone Softmax between two matrix products.
     """
     ov = import_openvino()
     source = ov.Core().read_model(str(model_path))
-    types = {op.get_friendly_name(): op.get_type_name() for op in _ops_with_bodies(source)}
+    types = {op.get_friendly_name(): op.get_type_name() for op in source.get_ops()}
     softmaxes = {n for n, t in types.items() if t == "Softmax"}
     del source
     fused = 0

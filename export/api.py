@@ -152,12 +152,10 @@ def export_engines(
         threads: CPU threads for PyTorch and ONNX Runtime during export and checks (default: theirs).
         gate_skip: one UNet for both phases: every fuser sits in an ONNX If on ``gate != 0``, so
             plain steps cost a plain UNet's time; ``unet_plain`` is then not exported unless named
-            in ``engines`` (half the UNet weights in memory). With ``feature_cache`` the same holds
-            for the shallow UNets: ``unet_shallow_grounded`` gets the Ifs and serves the plain
-            shallow steps at gate 0, and ``unet_shallow`` is not exported unless named.
-        feature_cache: also export ``unet_shallow`` and ``unet_shallow_grounded``, and give
-            ``unet`` / ``unet_plain`` the ``deep`` output they reuse (engines/spec.py
-            ``specs_for``): what a request's ``feature_cache`` runs on.
+            in ``engines`` (half the UNet weights in memory).
+        feature_cache: also export ``unet_shallow``, and give ``unet`` / ``unet_plain`` the ``deep``
+            output it reuses (engines/spec.py ``specs_for``): what a request's ``feature_cache``
+            runs on.
         token_downsample: 1 (off), 2 or 4: the first level's attentions take keys and values from
             the token grid pooled that much (gligen_ref/token_downsample.py; an approximation,
             recorded in the manifest); the model is unchanged after the export.
@@ -183,8 +181,8 @@ def export_engines(
     if unknown:
         raise ExportError(f"{config.key} has no engines {unknown}: it has {list(specs)}")
     names = [n for n in specs if engines is None or n in engines]  # in build order
-    if gate_skip and engines is None:  # the gate-skipped grounded UNets serve the plain steps
-        names = [n for n in names if n not in (S.UNET_PLAIN, S.UNET_SHALLOW)]
+    if gate_skip and engines is None:
+        names.remove(S.UNET_PLAIN)
     if not names:
         raise ExportError("no engines to export: name at least one")
     env = envelope or S.ShapeEnvelope.for_config(config)
@@ -224,7 +222,7 @@ def export_engines(
                     },
                     seed=seed,
                     threads=threads,
-                    gate_skip=gate_skip and name in with_fusers,
+                    gate_skip=gate_skip and name == S.UNET,
                 )
         folder = M.FolderManifest(
             model_config=to_dict(config),

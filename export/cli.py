@@ -77,14 +77,12 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     out.add_argument(
         "--gate-skip",
         action="store_true",
-        help="one UNet for both phases (fusers skipped at gate 0 by an ONNX If): half the UNet memory; "
-        "with --feature-cache one shallow UNet for both phases too",
+        help="one UNet for both phases (fusers skipped at gate 0 by an ONNX If): half the UNet memory",
     )
     out.add_argument(
         "--feature-cache",
         action="store_true",
-        help="also export the shallow UNets, for requests that reuse the deep UNet features "
-        "(--feature-cache K, --feature-cache-grounded K)",
+        help="also export unet_shallow, for requests that reuse the deep UNet features (--feature-cache K)",
     )
     out.add_argument(
         "--token-downsample",

@@ -94,9 +94,8 @@ class _Recording(Backend):
 
 def default_requests(folder: EngineFolder, size: tuple[int, int] | None = None) -> list[GenerationRequest]:
     """DEFAULT_REQUESTS at ``size`` (height, width; default: the model's size), with the feature cache
-    on the plain steps where the folder has ``unet_shallow`` or ``unet_shallow_grounded`` (which
-    serves both phases when gate-skipped), and on the grounded steps where it has the latter;
-    RequestError for a model that is not text-box."""
+    where the folder has ``unet_shallow`` (and on the grounded steps where it has
+    ``unet_shallow_grounded``); RequestError for a model that is not text-box."""
     config = folder.config
     if config.modality is not Modality.TEXT_BOX or config.inpaint:
         kind = f"{'inpainting ' if config.inpaint else ''}{config.modality.value}"
@@ -105,7 +104,7 @@ def default_requests(folder: EngineFolder, size: tuple[int, int] | None = None) 
             "with --calibration REQUEST.json ..."
         )
     h, w = size if size is not None else (config.default_size, config.default_size)
-    cache = 3 if {UNET_SHALLOW, UNET_SHALLOW_GROUNDED} & set(folder.specs) else 0
+    cache = 3 if UNET_SHALLOW in folder.specs else 0
     grounded = 3 if UNET_SHALLOW_GROUNDED in folder.specs else 0
     return [
         dataclasses.replace(r, height=h, width=w, feature_cache=cache, feature_cache_grounded=grounded)
@@ -135,7 +134,7 @@ def collect(
     recorded engine is kept, then ``samples`` per engine, evenly spread over the calls (all of them
     when there are fewer; half from the grounded calls of a UNet that also runs plain steps). requests: default ``default_requests(folder, size)``. A request whose
     guidance is 1 runs the UNets at batch 1 and a feature-cache request needs the folder's
-    shallow UNets; every request must give the UNets the same shapes (one size, one image count).
+    ``unet_shallow``; every request must give the UNets the same shapes (one size, one image count).
     """
     from .pipeline import GligenPipeline
 

@@ -36,7 +36,6 @@ from gligen_rt.engines.spec import (
     UNET,
     UNET_PLAIN,
     UNET_SHALLOW,
-    UNET_SHALLOW_GROUNDED,
     VAE_DECODER,
     VAE_ENCODER,
     EngineSpec,
@@ -117,8 +116,7 @@ class EngineFolder:
             raise EngineError(
                 f"{path}/manifest.json has an unreadable envelope ({e}): re-export the engine folder"
             ) from None
-        shallow = {UNET_SHALLOW, UNET_SHALLOW_GROUNDED} & set(manifest.engines)
-        expected = specs_for(config, envelope, feature_cache=bool(shallow))
+        expected = specs_for(config, envelope, feature_cache=UNET_SHALLOW in manifest.engines)
         missing = [n for n in required_engines(config) if n not in manifest.engines]
         if missing:
             raise EngineError(

@@ -277,7 +277,7 @@ class GligenPipeline:
                 concrete_shapes(spec, batches[name], min(H, t), min(W, t))
             elif batches[name] > 0:
                 concrete_shapes(spec, batches[name], H, W)
-        if request.feature_cache >= 2 and not {UNET_SHALLOW, UNET_SHALLOW_GROUNDED} & set(self.specs):
+        if request.feature_cache >= 2 and UNET_SHALLOW not in self.specs:
             raise RequestError(
                 f"feature_cache {request.feature_cache} needs engines exported with "
                 "`gligen-rt export --feature-cache` (this folder has no unet_shallow): re-export, or drop it"
@@ -391,7 +391,6 @@ class GligenPipeline:
                 plain_available=self.backend.has(UNET_PLAIN),
                 feature_cache=request.feature_cache,
                 feature_cache_grounded=request.feature_cache_grounded,
-                shallow_available=self.backend.has(UNET_SHALLOW),
             )
             if cfg.inpaint:
                 step_noise = np.stack([rng.latents(latent_shape) for _ in plan])

@@ -80,17 +80,15 @@ def tiny_key(
     seed: int = 0,
     plain: bool = True,
     feature_cache: bool = False,
-    gate_skip: bool = False,
 ) -> str:
     """The cache folder name of one tiny engine folder (`plain`: with the unet_plain engine;
-    `feature_cache`: with the shallow UNets and the UNets' deep output; `gate_skip`: exported with
-    --gate-skip, whatever `plain`)."""
+    `feature_cache`: with unet_shallow and the UNets' deep output)."""
     config = _tiny_config(modality, inpaint)
     h = hashlib.sha256()
     for spec in specs_for(config, feature_cache=feature_cache).values():
         h.update(canonical_json(spec).encode())
     h.update(_source_digest().encode())
-    single = "-gate-skip" if gate_skip else "" if plain else "-single-unet"
+    single = "" if plain else "-single-unet"
     cache = "-feature-cache" if feature_cache else ""
     return f"{config.key}-seed{seed}-{precision}{single}{cache}-{h.hexdigest()[:12]}"
 
@@ -103,18 +101,16 @@ def tiny_engines(
     seed: int = 0,
     plain: bool = True,
     feature_cache: bool = False,
-    gate_skip: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """The engine folder of build_model(tiny_random(modality, inpaint), seed) at `precision`, exported on first use.
 
     plain: also export unet_plain (False: a single-UNet folder; gate-0 steps run `unet` with gate 0).
-    feature_cache: also export the shallow UNets (`gligen-rt export --feature-cache`).
-    gate_skip: `gligen-rt export --gate-skip` (fusers behind Ifs; no unet_plain, no unet_shallow).
+    feature_cache: also export unet_shallow (`gligen-rt export --feature-cache`).
     cache_dir: the cache root (default: default_cache_dir()).
     """
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / tiny_key(modality, inpaint, precision, seed, plain, feature_cache, gate_skip)
+    final = root / tiny_key(modality, inpaint, precision, seed, plain, feature_cache)
     if (final / FOLDER_MANIFEST).is_file():
         return final
     # Several processes may ask for the same folder at once (test workers, servers starting
@@ -123,7 +119,7 @@ def tiny_engines(
     with _exclusive(root / f".{final.name}.lock"):
         if (final / FOLDER_MANIFEST).is_file():
             return final
-        return _export_tiny(modality, inpaint, precision, seed, plain, feature_cache, gate_skip, final)
+        return _export_tiny(modality, inpaint, precision, seed, plain, feature_cache, final)
 
 
 @contextlib.contextmanager
@@ -149,7 +145,6 @@ def _export_tiny(
     seed: int,
     plain: bool,
     feature_cache: bool,
-    gate_skip: bool,
     final: Path,
 ) -> Path:
     try:
@@ -170,7 +165,6 @@ def _export_tiny(
         inpaint=inpaint,
         seed=seed,
         progress=False,
-        engines=None if gate_skip else engines,  # the export's own gate-skip layout
+        engines=engines,
         feature_cache=feature_cache,
-        gate_skip=gate_skip,
     )

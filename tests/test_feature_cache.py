@@ -1,9 +1,8 @@
 """The feature cache (DeepCache-style reuse of the deep UNet features on plain steps, and on grounded
 steps with feature_cache_grounded), end to end on
 tiny engine folders exported with --feature-cache: every UNet layout (unet_plain beside unet; one
-unet run at gate 0; a gate-skip export, whose unet and unet_shallow_grounded have their fusers behind
-an If and serve both phases), ORT CPU and OpenVINO against the reference pipeline with the same
-cache, the plan's engine calls, and the one-line error on a folder exported without it."""
+unet run at gate 0; one gate-skip unet, its fusers behind an If), ORT CPU and OpenVINO against the reference pipeline with the same cache, the plan's
+engine calls, and the one-line error on a folder exported without it."""
 
 from __future__ import annotations
 
@@ -28,34 +27,16 @@ LAYOUTS = ("two-unets", "single-unet-inpaint", "gate-skip")
 
 @pytest.fixture(scope="module", params=LAYOUTS)
 def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bool]:
-    """(folder, inpaint): the tiny cache's (the native suite compares on them too)."""
+    """(folder, inpaint); the first two are the tiny cache's (the native suite compares on them)."""
     if request.param == "two-unets":
         return engine_folder(tmp_path_factory, "text-box", False, plain=True, feature_cache=True), False
     if request.param == "single-unet-inpaint":
         return engine_folder(tmp_path_factory, "text-box", True, plain=False, feature_cache=True), True
-    folder = engine_folder(
-        tmp_path_factory, "text-box", False, plain=False, feature_cache=True, gate_skip=True
-    )
-    return folder, False
+    from gligen_rt.export.api import export_engines
 
-
-def test_a_gate_skip_export_serves_both_phases_with_one_shallow_unet(case: tuple[Path, bool]) -> None:
-    """--gate-skip --feature-cache: no unet_plain and no unet_shallow; unet_shallow_grounded has its
-    fusers behind If like unet, and runs the plain shallow steps at gate 0 (the tests above)."""
-    import onnx
-
-    from gligen_rt.engines.manifest import load_folder_manifest
-
-    folder, _ = case
-    engines = load_folder_manifest(folder).engines
-    if "unet_plain" in engines or "unet_shallow" in engines:
-        assert "unet_shallow" in engines  # the tiny cache's folders keep the plain shallow UNet
-        return
-    assert "unet_shallow_grounded" in engines and "unet" in engines
-    # every fuser: the UNet's 16; the first level's 2 and the last level's 3
-    for name, fusers in (("unet", 16), ("unet_shallow_grounded", 5)):
-        graph = onnx.load(str(folder / f"{name}.onnx"), load_external_data=False).graph
-        assert sum(n.op_type == "If" for n in graph.node) == fusers, name
+    out = tmp_path_factory.mktemp("feature-cache") / request.param
+    export_engines("tiny-random", out, progress=False, gate_skip=True, feature_cache=True)
+    return out, False
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +49,12 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _count_engine_calls(pipe: GligenPipeline) -> Counter[str]:
-    """Counts, from now on, the pipeline's engine calls by engine name; a gate-skip folder's
-    `unet_shallow_grounded` called at gate 0 counts as the plain shallow step it stands for."""
+    """Counts, from now on, the pipeline's engine calls by engine name."""
     calls: Counter[str] = Counter()
     run = pipe.backend.run
 
     def counting(engine: str, inputs):  # noqa: ANN001, ANN202
-        at_zero = "gate" in inputs and float(np.asarray(inputs["gate"]).ravel()[0]) == 0.0
-        calls["unet_shallow" if engine == "unet_shallow_grounded" and at_zero else engine] += 1
+        calls[engine] += 1
         return run(engine, inputs)
 
     pipe.backend.run = counting  # type: ignore[method-assign]

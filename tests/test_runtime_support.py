@@ -54,7 +54,6 @@ def engine_folder(
     plain: bool = True,
     precision: str = "fp32",
     feature_cache: bool = False,
-    gate_skip: bool = False,
 ) -> Path:
     """The tiny engine folder of build_model(tiny_random(modality, inpaint), 0), exported once per session."""
     from gligen_rt.runtime.tiny import tiny_engines
@@ -65,7 +64,6 @@ def engine_folder(
         precision=precision,
         plain=plain,
         feature_cache=feature_cache,
-        gate_skip=gate_skip,
         cache_dir=cache_root(tmp_path_factory),
     )
 

@@ -175,25 +175,6 @@ def test_make_plan_grounded_feature_cache():
         )
 
 
-def test_make_plan_without_a_plain_shallow_unet():
-    """A gate-skip export has no unet_shallow: its plain shallow steps run unet_shallow_grounded at
-    gate 0 (its fusers skipped), on the same steps as unet_shallow would."""
-    timesteps = np.arange(10, 0, -1)
-    gates = (1.0, 1.0, 0.6, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-    with_shallow = make_plan(timesteps, gates, False, feature_cache=2, feature_cache_grounded=3)
-    plan = make_plan(timesteps, gates, False, 2, 3, shallow_available=False)
-    assert [s.engine for s in plan] == ["unet", "unet_shallow_grounded", "unet_shallow_grounded", "unet"] + [
-        "unet",
-        "unet_shallow_grounded",
-    ] * 3
-    assert [s.gate for s in plan] == list(gates)
-    swapped = [
-        "unet_shallow_grounded" if e == "unet_shallow" else e for e in (s.engine for s in with_shallow)
-    ]
-    assert [s.engine for s in plan] == swapped
-    assert make_plan(timesteps, gates, False, shallow_available=False) == make_plan(timesteps, gates, False)
-
-
 def test_make_plan_float_timesteps_and_errors():
     plan = make_plan(np.array([999.0, 499.5]), (1.0, 0.0), plain_available=True)
     assert [s.timestep for s in plan] == [999.0, 499.5]

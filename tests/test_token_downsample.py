@@ -143,11 +143,8 @@ def test_the_export_cli_refuses_another_factor_in_one_line(
 def test_openvino_still_fuses_every_attention(folder: Path) -> None:
     """The pooled self-attention and the fuser's attention with its bias Add stay one fused kernel
     each on OpenVINO's CPU plugin (f32 dynamic, bf16 static): `unet_shallow_grounded` holds the
-    first level's 5 blocks x (self, cross, gated). Its fusers sit behind gate-skip Ifs, whose
-    bodies the runtime graph does not show: it is compiled with the Ifs resolved to the fusers."""
-    import openvino as ov
-
-    from gligen_rt.engines.openvino import attention_fusions, compile_config, resolve_ifs
+    first level's 5 blocks x (self, cross, gated)."""
+    from gligen_rt.engines.openvino import attention_fusions, compile_model
 
     onnx = folder / "unet_shallow_grounded.onnx"
     shapes = {
@@ -158,13 +155,8 @@ def test_openvino_still_fuses_every_attention(folder: Path) -> None:
         "gate": (1,),
         "deep": (2, 32, 8, 16),
     }
-    core = ov.Core()
     for hint, shp in (("f32", None), ("bf16", shapes)):
-        model = resolve_ifs(core.read_model(str(onnx)))
-        if shp:
-            model.reshape({k: list(v) for k, v in shp.items()})
-        compiled = core.compile_model(model, "CPU", compile_config(hint, None, 2))
-        total, fused = attention_fusions(onnx, compiled)
+        total, fused = attention_fusions(onnx, compile_model(onnx, "CPU", hint, shapes=shp))
         assert total == 15 and fused == total, (hint, total, fused)
 
 

@@ -131,14 +131,12 @@ def make_plan(
     plain_available: bool,
     feature_cache: int = 0,
     feature_cache_grounded: int = 0,
-    shallow_available: bool = True,
 ) -> tuple[PlanStep, ...]:
     """Join timesteps and gates into the per-step plan.
 
     Steps with gate 0 run ``"unet_plain"`` when that engine exists, else ``"unet"`` with gate 0.
     With ``feature_cache`` K >= 2, of the gate-0 steps the 1st, (K+1)-th, (2K+1)-th ... run so (and
-    give ``deep``), the others ``"unet_shallow"`` (DeepCache's uniform interval), or
-    ``"unet_shallow_grounded"`` with gate 0 when ``unet_shallow`` was not exported. With
+    give ``deep``), the others ``"unet_shallow"`` (DeepCache's uniform interval). With
     ``feature_cache_grounded`` K >= 2 the grounded steps do the same with ``"unet"`` and
     ``"unet_shallow_grounded"``. Each run of one phase counts from its first step, which runs whole.
 
@@ -148,8 +146,6 @@ def make_plan(
         plain_available: whether a plain-SD UNet engine was built.
         feature_cache: the interval K on the plain steps (0 or 1: off).
         feature_cache_grounded: the interval K on the grounded steps (0 or 1: off).
-        shallow_available: whether a plain shallow UNet engine was built (``export --gate-skip``
-            leaves it out: its gate-skipped ``unet_shallow_grounded`` serves both phases).
 
     Returns:
         S ``PlanStep`` in loop order.
@@ -170,7 +166,7 @@ def make_plan(
         engine = ENGINE_PLAIN if gate == 0.0 and plain_available else ENGINE_GROUNDED
         k = feature_cache if gate == 0.0 else feature_cache_grounded
         if k >= 2 and run % k != 0:
-            engine = ENGINE_SHALLOW if gate == 0.0 and shallow_available else ENGINE_SHALLOW_GROUNDED
+            engine = ENGINE_SHALLOW if gate == 0.0 else ENGINE_SHALLOW_GROUNDED
         run += 1
         plan.append(PlanStep(index=i, timestep=int(t) if integral else float(t), gate=gate, engine=engine))
     return tuple(plan)

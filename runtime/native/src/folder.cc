@@ -114,10 +114,8 @@ EngineFolder EngineFolder::open(const std::string& path, bool check_sha256) {
                       "): re-export the engine folder");
   }
   for (const auto& e : m["engines"]) folder.engines.push_back(e.get<std::string>());
-  const auto listed = [&](const char* name) {
-    return std::find(folder.engines.begin(), folder.engines.end(), name) != folder.engines.end();
-  };
-  const bool feature_cache = listed(kUnetShallow) || listed(kUnetShallowGrounded);
+  const bool feature_cache =
+      std::find(folder.engines.begin(), folder.engines.end(), kUnetShallow) != folder.engines.end();
   auto expected = specs_for(folder.config, folder.envelope, feature_cache);
   std::vector<std::string> missing, unknown;
   for (const auto& n : required_engines(folder.config))

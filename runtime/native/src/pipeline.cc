@@ -153,7 +153,7 @@ std::pair<int, int> check_request(const ModelConfig& cfg, const std::map<std::st
                                               {kUnetShallowGrounded, unet_batch}};
   for (const auto& [name, spec] : specs)
     if (batches.at(name) > 0) concrete_shapes(spec, batches.at(name), H, W);
-  if (r.feature_cache >= 2 && !specs.count(kUnetShallow) && !specs.count(kUnetShallowGrounded))
+  if (r.feature_cache >= 2 && !specs.count(kUnetShallow))
     throw RequestError("feature_cache " + std::to_string(r.feature_cache) +
                        " needs engines exported with `gligen-rt export --feature-cache` (this folder has no "
                        "unet_shallow): re-export, or drop it");
@@ -245,7 +245,7 @@ GenerationResult Pipeline::generate(const GenerationRequest& r) {
   const auto gates = request_gates(r.beta, r.alpha_type, cfg.modality, cfg.inpaint,
                                    static_cast<int>(scheduler->timesteps().size()));
   const auto plan = make_plan(scheduler->timesteps(), gates, backend_->has(kUnetPlain), r.feature_cache,
-                              r.feature_cache_grounded, backend_->has(kUnetShallow));
+                              r.feature_cache_grounded);
   if (cfg.inpaint) {
     Shape s = latent_shape;
     s.insert(s.begin(), static_cast<int64_t>(plan.size()));

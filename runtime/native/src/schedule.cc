@@ -47,8 +47,7 @@ std::vector<double> request_gates(const std::optional<double>& beta, const std::
 }
 
 std::vector<PlanStep> make_plan(const std::vector<double>& timesteps, const std::vector<double>& gates,
-                                bool plain_available, int64_t feature_cache, int64_t feature_cache_grounded,
-                                bool shallow_available) {
+                                bool plain_available, int64_t feature_cache, int64_t feature_cache_grounded) {
   std::vector<PlanStep> plan;
   int64_t run = 0;  // steps since the phase (grounded / plain) last changed
   for (size_t i = 0; i < timesteps.size(); ++i) {
@@ -56,7 +55,7 @@ std::vector<PlanStep> make_plan(const std::vector<double>& timesteps, const std:
     if (i > 0 && (g == 0.0) != (plan.back().gate == 0.0)) run = 0;
     std::string engine = g == 0.0 && plain_available ? "unet_plain" : "unet";
     const int64_t k = g == 0.0 ? feature_cache : feature_cache_grounded;
-    if (k >= 2 && run % k != 0) engine = g == 0.0 && shallow_available ? "unet_shallow" : "unet_shallow_grounded";
+    if (k >= 2 && run % k != 0) engine = g == 0.0 ? "unet_shallow" : "unet_shallow_grounded";
     ++run;
     plan.push_back(PlanStep{static_cast<int>(i), timesteps[i], g, engine});
   }

@@ -92,29 +92,18 @@ def main() -> int:
         checks.append(f"gates {g}")
 
     # the per-step plan: engines of each step, both feature caches, phases that come back
-    for gates, plain, fc, fcg, shallow in [
-        ([1.0] * 3 + [0.0] * 7, True, 3, 0, True),
-        ([1.0] * 5 + [0.0] * 5, True, 2, 2, True),
-        ([1.0, 0.5, 0.2, 0.0, 0.0, 0.0], False, 2, 3, True),
-        ([1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0], True, 2, 2, True),
-        ([1.0] * 3 + [0.0] * 7, False, 3, 2, False),  # a gate-skip export: no unet_shallow
+    for gates, plain, fc, fcg in [
+        ([1.0] * 3 + [0.0] * 7, True, 3, 0),
+        ([1.0] * 5 + [0.0] * 5, True, 2, 2),
+        ([1.0, 0.5, 0.2, 0.0, 0.0, 0.0], False, 2, 3),
+        ([1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0], True, 2, 2),
     ]:
         timesteps = [float(990 - 50 * i) for i in range(len(gates))]
         cmds.append(
-            {
-                "cmd": "plan",
-                "timesteps": timesteps,
-                "gates": gates,
-                "plain": plain,
-                "fc": fc,
-                "fcg": fcg,
-                "shallow": shallow,
-            }
+            {"cmd": "plan", "timesteps": timesteps, "gates": gates, "plain": plain, "fc": fc, "fcg": fcg}
         )
-        expect.append(
-            [s.engine for s in make_plan(timesteps, gates, plain, fc, fcg, shallow_available=shallow)]
-        )
-        checks.append(f"plan gates {gates} plain {plain} feature_cache {fc} grounded {fcg} shallow {shallow}")
+        expect.append([s.engine for s in make_plan(timesteps, gates, plain, fc, fcg)])
+        checks.append(f"plan gates {gates} plain {plain} feature_cache {fc} grounded {fcg}")
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

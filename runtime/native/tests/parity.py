@@ -49,11 +49,8 @@ CASES = (
     "tiny",  # the shipped trained tiny model (text-box): a single-UNet folder, FP16 token embedding
     "feature-cache",  # text-box exported with --feature-cache, two UNets; requests reuse deep features
     "inpaint-feature-cache",  # the same on inpainting, one UNet (the deep features come from `unet`)
-    # --gate-skip --feature-cache: no unet_plain, no unet_shallow; plain shallow steps run
-    # unet_shallow_grounded at gate 0
-    "gate-skip-feature-cache",
 )
-FEATURE_CACHE_CASES = ("feature-cache", "inpaint-feature-cache", "gate-skip-feature-cache")
+FEATURE_CACHE_CASES = ("feature-cache", "inpaint-feature-cache")
 
 
 def modality_of(case: str) -> str:
@@ -76,8 +73,7 @@ def folder_of(case: str) -> Path:
     inpaint = case.startswith("inpaint-")
     modality = modality_of(case)
     if case in FEATURE_CACHE_CASES:  # the folders tests/test_feature_cache.py exports too
-        gate_skip = case.startswith("gate-skip-")
-        return tiny_engines(modality, inpaint, plain=not inpaint, feature_cache=True, gate_skip=gate_skip)
+        return tiny_engines(modality, inpaint, plain=not inpaint, feature_cache=True)
     return tiny_engines(modality, inpaint, plain=case in TWO_UNET_CASES)
 
 

@@ -58,8 +58,7 @@ foreach(case text-box inpaint-text-image-box tiny feature-cache)
     COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case ${case} --cli $<TARGET_FILE:gligen-rt-native>)
   list(APPEND _native_tests native_parity_${case})
 endforeach()
-foreach(case text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-feature-cache
-             gate-skip-feature-cache)
+foreach(case text-image-box keypoint hed canny depth normal sem inpaint-text-box inpaint-feature-cache)
   add_test(NAME native_parity_${case}
     COMMAND ${Python3_EXECUTABLE} ${GLIGEN_RT_TESTS_DIR}/parity.py --case ${case} --backends openvino --cli $<TARGET_FILE:gligen-rt-native>)
   list(APPEND _native_tests native_parity_${case})

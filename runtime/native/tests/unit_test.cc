@@ -62,8 +62,7 @@ json gates(const json& in) {
 json plan(const json& in) {
   json engines = json::array();
   for (const auto& step : make_plan(in.at("timesteps").get<std::vector<double>>(), in.at("gates").get<std::vector<double>>(),
-                                    in.at("plain").get<bool>(), in.at("fc").get<int64_t>(), in.at("fcg").get<int64_t>(),
-                                    in.value("shallow", true)))
+                                    in.at("plain").get<bool>(), in.at("fc").get<int64_t>(), in.at("fcg").get<int64_t>()))
     engines.push_back(step.engine);
   return engines;
 }
