@@ -41,6 +41,19 @@ def constant_inputs(compiled: Any, batch: int = 2) -> dict[str, np.ndarray]:
     return feeds
 
 
+def resolve_ifs(model: Any, branch: bool = True) -> int:
+    """Replace every top-level If's condition of ``model`` (an ov.Model) by the constant ``branch``:
+    the CPU plugin then inlines that branch. Returns how many Ifs there were."""
+    import openvino as ov
+
+    constant = ov.opset13.constant(np.array(branch)).output(0)
+    ifs = [op for op in model.get_ops() if op.get_type_name() == "If"]
+    for op in ifs:
+        op.input(0).replace_source_output(constant)
+    model.validate_nodes_and_infer_types()
+    return len(ifs)
+
+
 def _compile_unrolled(xml: Path, hint: str, threads: int | None) -> Any:
     """The IR compiled with every top-level If's condition replaced by a constant True (the plugin
     then inlines the then-branch); no blob cache, so it compiles from the IR."""
@@ -51,11 +64,7 @@ def _compile_unrolled(xml: Path, hint: str, threads: int | None) -> Any:
     core = ov.Core()
     with mapped_pages_dropped(*mapped_files(xml, None)):
         model = core.read_model(str(xml))
-        true = ov.opset13.constant(np.array(True)).output(0)
-        for op in model.get_ops():
-            if op.get_type_name() == "If":
-                op.input(0).replace_source_output(true)
-        model.validate_nodes_and_infer_types()
+        resolve_ifs(model)
         compiled = core.compile_model(model, "CPU", compile_config(hint, None, threads))
         del model
     return compiled

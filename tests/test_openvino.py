@@ -459,19 +459,27 @@ def test_first_inference_leaves_no_weight_pages_resident(folder: Path) -> None:
         np.testing.assert_array_equal(backend.run("text_encoder", ids)["last_hidden_state"], first)
 
 
+@pytest.fixture(scope="module")
+def static_build(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder's OpenVINO build at one size (128 px, one image): what the memory breakdown and
+    the profile measure."""
+    from gligen_rt.engines.build import build
+
+    static = tmp_path_factory.mktemp("static") / "engines"
+    shutil.copytree(folder, static, ignore=shutil.ignore_patterns("ort-*", "openvino*", "tensorrt*"))
+    build(static, "openvino", static=(1, 128, 128), progress=False)
+    return static / "openvino"
+
+
 def test_memory_breakdown_per_engine(
-    folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    folder: Path, static_build: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """benchmarks/openvino_memory: one line per engine of a static build (compile, first and second
     inference, release_memory), the total at least the IR weights it holds; a dynamic build is a
     one-line error."""
     from gligen_rt.benchmarks.openvino_memory import main
-    from gligen_rt.engines.build import build
 
-    static = tmp_path / "engines"
-    shutil.copytree(folder, static, ignore=shutil.ignore_patterns("ort-*", "openvino*", "tensorrt*"))
-    build(static, "openvino", static=(1, 128, 128), progress=False)
-    assert main([str(static / "openvino"), "--threads", "1"]) == 0
+    assert main([str(static_build), "--threads", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
     assert set(rows) == {"text_encoder", "grounding", "unet", "unet_plain", "vae_decoder"}
@@ -481,3 +489,38 @@ def test_memory_breakdown_per_engine(
     with pytest.raises(SystemExit, match="built for dynamic sizes: rebuild it with"):
         main([str(folder / "openvino"), "--engines", "unet"])
     assert main([str(tmp_path / "nope")]) == 2
+
+
+def _profile_parts(lines: list[str]) -> dict[str, tuple[float, float]]:
+    """{part: (ms, fusers ms)} from openvino_profile's table."""
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["part"]) + 1
+    rows = {}
+    for line in lines[start : start + 5]:
+        name, ms, _share, fusers = line.split()
+        rows[name] = (float(ms), float(fusers))
+    return rows
+
+
+def test_profile_splits_a_step_into_parts_and_the_fusers_share(
+    static_build: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/openvino_profile: the grounded UNet's step spends time in the fusers (their
+    attention and linear layers) and the plain UNet's none; every part adds up to the nodes' sum;
+    attention is found in both; a missing engine and a gate outside [0, 1] are one-line errors."""
+    from gligen_rt.benchmarks.openvino_profile import main
+
+    parts = {}
+    for engine in ("unet", "unet_plain"):
+        assert main([str(static_build), "--engine", engine, "--runs", "1", "--threads", "1"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].startswith(f"OpenVINO build openvino, engine {engine}, gate 1 (no Ifs)")
+        parts[engine] = _profile_parts(lines)
+        total = parts[engine].pop("all")
+        assert sum(ms for ms, _ in parts[engine].values()) == pytest.approx(total[0], abs=0.3)
+        assert parts[engine]["attention"][0] > 0 and parts[engine]["matmul"][0] > 0
+    assert parts["unet"]["attention"][1] > 0 and parts["unet"]["matmul"][1] > 0
+    assert all(fusers == 0 for _, fusers in parts["unet_plain"].values())
+    with pytest.raises(SystemExit, match="has no build of unet_shallow: choose from"):
+        main([str(static_build), "--engine", "unet_shallow"])
+    assert main([str(static_build), "--gate", "2"]) == 2
+    assert main([str(static_build), "--property", "SNIPPETS_MODE"]) == 2
