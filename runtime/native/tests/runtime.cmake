@@ -9,7 +9,9 @@ if(GLIGEN_SANITIZE)
   # test are sanitized, leak checking included.
   # TBB_ENABLE_SANITIZERS=1: OpenVINO's TBB loads its hwloc binding (libtbbbind) without
   # RTLD_DEEPBIND, which AddressSanitizer refuses (oneTBB's runtime switch for sanitizer builds).
+  # lsan.supp: leaks inside oneTBB itself (see the file), never our code.
   list(APPEND GLIGEN_TEST_ENV "ASAN_OPTIONS=detect_leaks=1:abort_on_error=1" "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1"
+       "LSAN_OPTIONS=suppressions=${GLIGEN_RT_TESTS_DIR}/lsan.supp"
        "TBB_ENABLE_SANITIZERS=1"
        "GLIGEN_NATIVE_PARITY_BACKENDS=openvino")  # the Release run covers BF16 and ORT; this one checks memory
 endif()
