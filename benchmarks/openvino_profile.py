@@ -106,7 +106,13 @@ def profile(
             model = core.read_model(str(xml))
             ifs = resolve_ifs(model, gate != 0.0) if resolve else 0
             types = {op.get_friendly_name(): op.get_type_name() for op in _ops_with_bodies(model)}
-            compiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": resolve})
+            try:
+                compiled = core.compile_model(model, "CPU", {**config, "PERF_COUNT": resolve})
+            except RuntimeError as e:  # an unknown property or value: OpenVINO's message is long
+                first = next((s for s in str(e).splitlines() if s.strip()), "?").strip()
+                raise SystemExit(
+                    f"error: OpenVINO refused to compile {engine} with {properties or config}: {first}"
+                ) from None
             del model
         return compiled, ifs, types
 

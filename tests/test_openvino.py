@@ -524,3 +524,6 @@ def test_profile_splits_a_step_into_parts_and_the_fusers_share(
         main([str(static_build), "--engine", "unet_shallow"])
     assert main([str(static_build), "--gate", "2"]) == 2
     assert main([str(static_build), "--property", "SNIPPETS_MODE"]) == 2
+    with pytest.raises(SystemExit, match="^error: OpenVINO refused to compile unet_plain with") as e:
+        main([str(static_build), "--engine", "unet_plain", "--property", "NO_SUCH_PROPERTY=1"])
+    assert "\n" not in str(e.value)
